@@ -1,0 +1,22 @@
+# Build stage: install the service and its runtime dependencies into a virtualenv.
+FROM python:3.11-slim AS build
+RUN python -m venv /opt/venv
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY app ./app
+RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check .
+
+# Runtime stage: the virtualenv only, run as an unprivileged user.
+FROM python:3.11-slim
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    HOST=0.0.0.0 \
+    PORT=8000
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin rlhf
+COPY --from=build /opt/venv /opt/venv
+USER 10001
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["python", "-m", "app.healthcheck"]
+CMD ["python", "-m", "app"]

@@ -1,0 +1,174 @@
+"""The one error format: RFC 9457 problem details (application/problem+json).
+
+Exceptions raised anywhere in a request become a problem body here:
+
+    ProblemError                  raised by the web layer and the decoders
+    ├── MalformedBodyError        400: the body is not parseable JSON
+    ├── UnsupportedMediaTypeError 415: the Content-Type is not one we read
+    └── InvalidPayloadError       422: parseable, but the payload breaks the contract
+    core.InvalidInputError        422: shapes or values the update cannot take
+    core.UpdateOverflowError      422: the update itself overflows float64
+    HTTPException                 404, 405, 413 (body limit), ... from Starlette
+    anything else                 500, logged, with no detail leaked to the client
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from http import HTTPStatus
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException
+
+from app.core import InputProblem, InvalidInputError, UpdateError, UpdateOverflowError
+
+__all__ = [
+    "PROBLEM_MEDIA_TYPE",
+    "InvalidPayloadError",
+    "MalformedBodyError",
+    "ProblemError",
+    "UnsupportedMediaTypeError",
+    "body_too_large_response",
+    "install_error_handlers",
+    "problem_response",
+]
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+# More problems than this in one request are summarised, not listed.
+MAX_LISTED_PROBLEMS = 20
+
+logger = logging.getLogger(__name__)
+
+
+class ProblemError(Exception):
+    """A request failure with a status and a documented problem type."""
+
+    status = 400
+    slug = "bad-request"
+    title = "Bad request"
+
+    def __init__(self, detail: str, problems: Sequence[InputProblem] = ()) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.problems = tuple(problems)
+
+
+class MalformedBodyError(ProblemError):
+    """The body is not well-formed JSON."""
+
+    status = 400
+    slug = "malformed-json"
+    title = "Malformed JSON"
+
+
+class UnsupportedMediaTypeError(ProblemError):
+    """The body's Content-Type is not one the endpoint reads."""
+
+    status = 415
+    slug = "unsupported-media-type"
+    title = "Unsupported media type"
+
+
+class InvalidPayloadError(ProblemError):
+    """The body parsed, but its fields break the request contract."""
+
+    status = 422
+    slug = "invalid-payload"
+    title = "Invalid payload"
+
+    def __init__(self, problems: Sequence[InputProblem]) -> None:
+        super().__init__(_summary(problems), problems)
+
+
+def problem_type(slug: str) -> str:
+    return f"urn:rlhf-update:problem:{slug}"
+
+
+def problem_response(
+    status: int,
+    *,
+    slug: str | None,
+    title: str,
+    detail: str,
+    problems: Sequence[InputProblem] = (),
+    headers: Mapping[str, str] | None = None,
+) -> Response:
+    """Render one problem+json response; `slug=None` means a plain HTTP status (about:blank)."""
+    listed = problems[:MAX_LISTED_PROBLEMS]
+    body = {
+        "type": problem_type(slug) if slug else "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "errors": [{"loc": list(p.loc), "msg": p.msg} for p in listed],
+    }
+    return Response(
+        orjson.dumps(body), status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE
+    )
+
+
+def _summary(problems: Sequence[InputProblem]) -> str:
+    first = problems[0].msg
+    more = len(problems) - 1
+    return f"{first} (and {more} more problem{'s' if more > 1 else ''})" if more else first
+
+
+async def _on_problem(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ProblemError)
+    return problem_response(
+        exc.status, slug=exc.slug, title=exc.title, detail=exc.detail, problems=exc.problems
+    )
+
+
+async def _on_update_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, UpdateError)
+    if isinstance(exc, UpdateOverflowError):
+        slug, title = "update-overflow", "Update overflows float64"
+    else:
+        assert isinstance(exc, InvalidInputError)
+        slug, title = InvalidPayloadError.slug, InvalidPayloadError.title
+    return problem_response(
+        422, slug=slug, title=title, detail=_summary(exc.problems), problems=exc.problems
+    )
+
+
+async def _on_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    title = HTTPStatus(exc.status_code).phrase
+    detail = exc.detail if exc.detail != title else f"{title}: {request.method} {request.url.path}"
+    if exc.status_code == 413:
+        return body_too_large_response(request.app.state.settings.max_body_size)
+    return problem_response(
+        exc.status_code, slug=None, title=title, detail=detail, headers=exc.headers
+    )
+
+
+def body_too_large_response(limit: int) -> Response:
+    """The 413 for a body above `limit` bytes, however the limit was noticed."""
+    return problem_response(
+        413,
+        slug="body-too-large",
+        title="Content too large",
+        detail=f"request body exceeds the limit of {limit} bytes (RLHF_MAX_BODY_SIZE)",
+    )
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> Response:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem_response(
+        500,
+        slug="internal-error",
+        title="Internal server error",
+        detail="the server failed to process this request; it has been logged",
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Make every error the app can produce a problem+json response."""
+    app.add_exception_handler(ProblemError, _on_problem)
+    app.add_exception_handler(UpdateError, _on_update_error)
+    app.add_exception_handler(HTTPException, _on_http_exception)
+    app.add_exception_handler(Exception, _on_unexpected)

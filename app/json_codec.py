@@ -1,0 +1,136 @@
+"""JSON on the wire: bytes to an `UpdatePayload`, an `UpdateResult` to bytes."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import orjson
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails
+
+from app.core import InputProblem, UpdateResult
+from app.errors import InvalidPayloadError, MalformedBodyError
+from app.payload import UpdatePayload
+from app.schemas import UpdateRequest
+
+__all__ = ["decode_update_request", "encode_update_response"]
+
+_FIELDS = tuple(UpdateRequest.model_fields)
+_EXPECTED = {
+    "weights": "a non-empty array of N numbers",
+    "rewards": "a non-empty array of B numbers",
+    "policy_log_probs": "an array of B numbers",
+    "ref_log_probs": "an array of B numbers",
+    "log_prob_grads": "an array of B arrays of N numbers",
+    "beta": "a number >= 0",
+    "lr": "a number >= 0",
+}
+
+
+def decode_update_request(body: bytes) -> UpdatePayload:
+    """Parse and validate a JSON request body straight from its bytes."""
+    if not body or body.isspace():
+        msg = "request body is empty; expected a JSON object"
+        raise MalformedBodyError(msg)
+    try:
+        request = UpdateRequest.model_validate_json(body)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        if errors[0]["type"] == "json_invalid":
+            msg = f"malformed JSON: {errors[0]['ctx']['error']}"
+            raise MalformedBodyError(msg) from None
+        raise InvalidPayloadError([_describe(error) for error in errors]) from None
+    n = len(request.weights)
+    ragged = [
+        InputProblem(
+            ("log_prob_grads", i),
+            f"log_prob_grads[{i}] has {len(row)} entries; expected {n} (= len(weights))",
+        )
+        for i, row in enumerate(request.log_prob_grads)
+        if len(row) != n
+    ]
+    if ragged:
+        raise InvalidPayloadError(ragged)
+    grads = np.array(request.log_prob_grads, dtype=np.float64).reshape(-1, n)
+    return UpdatePayload(
+        weights=np.array(request.weights, dtype=np.float64),
+        rewards=np.array(request.rewards, dtype=np.float64),
+        policy_log_probs=np.array(request.policy_log_probs, dtype=np.float64),
+        ref_log_probs=np.array(request.ref_log_probs, dtype=np.float64),
+        log_prob_grads=grads,
+        beta=request.beta,
+        lr=request.lr,
+    )
+
+
+def encode_update_response(result: UpdateResult) -> bytes:
+    """Serialise straight from the float64 buffer; floats print as their shortest round trip."""
+    body = {"weights": result.weights, "stats": asdict(result.stats)}
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _describe(error: ErrorDetails) -> InputProblem:
+    """Rephrase one Pydantic error as: the field (and index), what it got, what was expected."""
+    loc = tuple(error["loc"])
+    path = _path(loc)
+    kind = error["type"]
+    got = _json_kind(error.get("input"))
+    field = loc[0] if loc else None
+    if kind == "model_type":
+        return InputProblem((), f"the body is {got}; expected a JSON object with {_field_list()}")
+    if kind == "missing":
+        return InputProblem(loc, f"{path} is missing; expected {_EXPECTED[str(field)]}")
+    if kind == "extra_forbidden":
+        hint = difflib.get_close_matches(str(field), _FIELDS, n=1)
+        suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+        return InputProblem(
+            loc, f"unknown field {field!r}{suggestion}; expected only {_field_list()}"
+        )
+    if kind == "float_type":
+        return InputProblem(loc, f"{path} is {got}; expected a JSON number")
+    if kind == "finite_number":
+        return InputProblem(
+            loc,
+            f"{path} is {_shown(error.get('input'))}; expected a finite number "
+            "(NaN, Infinity and values beyond ±1.7976931348623157e308 are not JSON numbers here)",
+        )
+    if kind == "list_type":
+        expected = "an array of N numbers" if len(loc) == 2 else _EXPECTED[str(field)]
+        return InputProblem(loc, f"{path} is {got}; expected {expected}")
+    if kind == "too_short":
+        return InputProblem(loc, f"{path} is empty; expected {_EXPECTED[str(field)]}")
+    if kind == "greater_than_equal":
+        return InputProblem(loc, f"{path} is {_shown(error.get('input'))}; expected a number >= 0")
+    return InputProblem(loc, f"{path}: {error['msg']}")
+
+
+def _path(loc: tuple[str | int, ...]) -> str:
+    head, *indices = loc or ("body",)
+    return str(head) + "".join(f"[{i}]" for i in indices)
+
+
+def _field_list() -> str:
+    return "fields " + ", ".join(_FIELDS)
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"a boolean ({'true' if value else 'false'})"
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return f"a string ({_shown(value)!r})"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return f"a number ({_shown(value)})"
+
+
+def _shown(value: Any) -> str:
+    """The value as text, cut short: a message must not echo a megabyte back."""
+    text = str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
