@@ -164,16 +164,25 @@ def compute_update(
         ``reward_mean``, ``adjusted_reward_mean`` (mean of `a_i`), ``grad_norm``
         (L2 norm of `g`) and ``update_norm`` (L2 norm of ``lr * g``).
     """
-    w, r, logp, ref_logp, grads, beta_f, lr_f = _checked_inputs(
-        weights, rewards, policy_log_probs, ref_log_probs, log_prob_grads, beta, lr
+    checked = _checked_inputs(
+        {
+            "weights": weights,
+            "rewards": rewards,
+            "policy_log_probs": policy_log_probs,
+            "ref_log_probs": ref_log_probs,
+            "log_prob_grads": log_prob_grads,
+        },
+        beta=beta,
+        lr=lr,
     )
+    w, r = checked.arrays["weights"], checked.arrays["rewards"]
     with np.errstate(over="ignore", invalid="ignore"):
-        kl = logp - ref_logp
-        adjusted = r - beta_f * kl
-        grad = _mean_of_rows(adjusted, grads)
-        step = lr_f * grad
+        kl = checked.arrays["policy_log_probs"] - checked.arrays["ref_log_probs"]
+        adjusted = r - checked.beta * kl
+        grad = _mean_of_rows(adjusted, checked.arrays["log_prob_grads"])
+        step = checked.lr * grad
         # lr = 0 returns the weights bit for bit: w + 0.0 would turn -0.0 into 0.0.
-        new_weights = w + step if lr_f else w.copy()
+        new_weights = w + step if checked.lr else w.copy()
         stats = UpdateStats(
             kl_mean=_mean(kl),
             reward_mean=_mean(r),
@@ -186,74 +195,61 @@ def compute_update(
     return UpdateResult(weights=new_weights, stats=stats)
 
 
-def _checked_inputs(
-    weights: ArrayLike,
-    rewards: ArrayLike,
-    policy_log_probs: ArrayLike,
-    ref_log_probs: ArrayLike,
-    log_prob_grads: ArrayLike,
-    beta: float,
-    lr: float,
-) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray, float, float]:
-    """Convert every argument to float64 and check shapes and values, all at once."""
+# The expected shape of each array argument.
+_SHAPES = {
+    "weights": "(N,)",
+    "rewards": "(B,)",
+    "policy_log_probs": "(B,)",
+    "ref_log_probs": "(B,)",
+    "log_prob_grads": "(B, N)",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _CheckedInputs:
+    arrays: dict[str, FloatArray]
+    beta: float
+    lr: float
+
+
+def _checked_inputs(values: dict[str, ArrayLike], *, beta: float, lr: float) -> _CheckedInputs:
+    """Convert every argument to float64 and check it; report all problems of a stage at once."""
     problems: list[InputProblem] = []
-    named = {
-        "weights": (weights, 1),
-        "rewards": (rewards, 1),
-        "policy_log_probs": (policy_log_probs, 1),
-        "ref_log_probs": (ref_log_probs, 1),
-        "log_prob_grads": (log_prob_grads, 2),
+    arrays = {
+        name: array
+        for name, value in values.items()
+        if (array := _as_float64(name, value, problems)) is not None
     }
-    arrays: dict[str, FloatArray] = {}
-    for name, (value, ndim) in named.items():
-        array = _as_float64(name, value, ndim, problems)
-        if array is not None:
-            arrays[name] = array
-    scalars = {
-        name: _as_scalar(name, value, problems) for name, value in (("beta", beta), ("lr", lr))
-    }
-    if problems:
-        raise InvalidInputError(problems)
-
-    problems.extend(_shape_problems(arrays))
-    if problems:
-        raise InvalidInputError(problems)
-    for name, array in arrays.items():
-        index = _first_non_finite(array)
-        if index is not None:
-            problems.append(
-                InputProblem(
-                    (name, *index),
-                    f"{_path(name, index)} is {array[index]}; expected a finite number",
-                )
-            )
-    if problems:
-        raise InvalidInputError(problems)
-    return (
-        arrays["weights"],
-        arrays["rewards"],
-        arrays["policy_log_probs"],
-        arrays["ref_log_probs"],
-        arrays["log_prob_grads"],
-        scalars["beta"],
-        scalars["lr"],
+    checked = _CheckedInputs(
+        arrays, _as_scalar("beta", beta, problems), _as_scalar("lr", lr, problems)
     )
+    if not problems:
+        problems = _shape_problems(arrays)
+    if not problems:
+        problems = [
+            InputProblem(
+                (name, *index), f"{_path(name, index)} is {array[index]}; expected a finite number"
+            )
+            for name, array in arrays.items()
+            if (index := _first_non_finite(array)) is not None
+        ]
+    if problems:
+        raise InvalidInputError(problems)
+    return checked
 
 
-def _as_float64(
-    name: str, value: ArrayLike, ndim: int, problems: list[InputProblem]
-) -> FloatArray | None:
+def _as_float64(name: str, value: ArrayLike, problems: list[InputProblem]) -> FloatArray | None:
+    shape = _SHAPES[name]
+    ndim = shape.count("B") + shape.count("N")
     try:
         array = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        shape = "a 1-D" if ndim == 1 else "a 2-D"
-        problems.append(InputProblem((name,), f"{name} is not {shape} array of floats ({exc})"))
+    except (TypeError, ValueError, OverflowError) as exc:
+        msg = f"{name} is not a {ndim}-D array of floats, shape {shape} ({exc})"
+        problems.append(InputProblem((name,), msg))
         return None
     if array.ndim != ndim:
-        expected = "1-D, shape (N,)" if name == "weights" else "1-D, shape (B,)"
-        if ndim == 2:
-            expected = "2-D, shape (B, N)"
-        problems.append(InputProblem((name,), f"{name} is {array.ndim}-D; expected {expected}"))
+        msg = f"{name} is {array.ndim}-D; expected {ndim}-D, shape {shape}"
+        problems.append(InputProblem((name,), msg))
         return None
     return array
 
@@ -261,7 +257,7 @@ def _as_float64(
 def _as_scalar(name: str, value: float, problems: list[InputProblem]) -> float:
     try:
         array = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         problems.append(InputProblem((name,), f"{name} is not a number; expected a float >= 0"))
         return float("nan")
     if array.ndim != 0:
@@ -277,7 +273,7 @@ def _shape_problems(arrays: dict[str, FloatArray]) -> list[InputProblem]:
     """The one set of shape rules, shared by every wire format."""
     n = arrays["weights"].shape[0]
     b = arrays["rewards"].shape[0]
-    problems = []
+    problems: list[InputProblem] = []
     if n == 0:
         problems.append(InputProblem(("weights",), "weights is empty; expected at least 1 entry"))
     if b == 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI
@@ -37,6 +38,7 @@ class _Service(FastAPI):
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service; with no `settings`, they are read from the environment."""
     settings = settings or Settings()
+    logging.getLogger("app").setLevel(settings.log_level.upper())
     app = _Service(
         title="RLHF weight-update service",
         version=__version__,

@@ -34,7 +34,7 @@ class Settings(BaseSettings):
     )
     max_body_size: int = Field(
         default=64 * 1024 * 1024,
-        ge=0,
+        gt=0,
         validation_alias=AliasChoices("RLHF_MAX_BODY_SIZE", "max_body_size"),
         description="Largest request body in bytes; larger ones get 413 before being read.",
     )

@@ -215,6 +215,8 @@ OK_ARGS: dict[str, Any] = dict(EXAMPLE)
             {"log_prob_grads": [[0.5, -0.5], [1.0]]}, r"log_prob_grads is not a 2-D", id="ragged"
         ),
         pytest.param({"weights": ["a", "b"]}, r"weights is not a 1-D array", id="strings"),
+        pytest.param({"weights": [10**400, 1]}, r"weights is not a 1-D array", id="huge-int"),
+        pytest.param({"beta": 10**400}, r"beta is not a number", id="huge-int-beta"),
         pytest.param({"weights": [1.0, np.nan]}, r"weights\[1\] is nan", id="nan-weight"),
         pytest.param({"rewards": [np.inf, 1.0]}, r"rewards\[0\] is inf", id="inf-reward"),
         pytest.param(

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from pydantic import ValidationError
 
 from app.__main__ import main
+from app.main import create_app
 from app.settings import Settings
 
 
@@ -35,6 +38,7 @@ def test_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
         ("PORT", "eighty"),
         ("PORT", "70000"),
         ("RLHF_MAX_BODY_SIZE", "-1"),
+        ("RLHF_MAX_BODY_SIZE", "0"),
         ("RLHF_LOG_LEVEL", "loud"),
     ],
 )
@@ -52,3 +56,10 @@ def test_python_dash_m_app_serves_with_the_settings(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr("uvicorn.run", lambda app, **kw: calls.append((app, kw)))
     main()
     assert calls == [("app.main:app", {"host": "127.0.0.2", "port": 9124, "log_level": "warning"})]
+
+
+def test_log_level_applies_to_the_service_logger() -> None:
+    create_app(Settings(log_level="debug"))
+    assert logging.getLogger("app").level == logging.DEBUG
+    create_app(Settings(log_level="warning"))
+    assert logging.getLogger("app").level == logging.WARNING
