@@ -9,6 +9,7 @@ Exceptions raised anywhere in a request become a problem body here:
     core.InvalidInputError        422: shapes or values the update cannot take
     core.UpdateOverflowError      422: the update itself overflows float64
     HTTPException                 404, 405, 413 (body limit), ... from Starlette
+    ClientDisconnect              400: the client left before sending the whole body
     anything else                 500, logged, with no detail leaked to the client
 """
 
@@ -22,6 +23,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from app.core import InputProblem, InvalidInputError, UpdateError, UpdateOverflowError
 
@@ -156,6 +158,17 @@ def body_too_large_response(limit: int) -> Response:
     )
 
 
+async def _on_client_disconnect(request: Request, exc: Exception) -> Response:
+    # Nobody reads this answer; the point is not to log a client's hang-up as a server error.
+    logger.info("client disconnected during %s %s", request.method, request.url.path)
+    return problem_response(
+        400,
+        slug="client-disconnected",
+        title="Client disconnected",
+        detail="the client disconnected before sending the whole request body",
+    )
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
     return problem_response(
@@ -171,4 +184,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ProblemError, _on_problem)
     app.add_exception_handler(UpdateError, _on_update_error)
     app.add_exception_handler(HTTPException, _on_http_exception)
+    app.add_exception_handler(ClientDisconnect, _on_client_disconnect)
     app.add_exception_handler(Exception, _on_unexpected)

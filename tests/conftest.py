@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from typing import Any
 
@@ -8,6 +9,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
+from tests.reference import EXAMPLE
 
 
 @pytest.fixture
@@ -23,13 +25,5 @@ def client(settings: Settings) -> Iterator[TestClient]:
 
 @pytest.fixture
 def example() -> dict[str, Any]:
-    """The reference example of the product description; answer [1.05, 0.95]."""
-    return {
-        "weights": [1.0, 1.0],
-        "rewards": [1.0, 1.0],
-        "policy_log_probs": [-1.5, -1.5],
-        "ref_log_probs": [-1.5, -1.5],
-        "log_prob_grads": [[0.5, -0.5], [0.5, -0.5]],
-        "beta": 1.0,
-        "lr": 0.1,
-    }
+    """A fresh copy of the reference example, free to modify."""
+    return copy.deepcopy(EXAMPLE)

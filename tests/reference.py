@@ -5,6 +5,18 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+
+# The reference example of the product description; its answer is [1.05, 0.95].
+EXAMPLE: dict[str, Any] = {
+    "weights": [1.0, 1.0],
+    "rewards": [1.0, 1.0],
+    "policy_log_probs": [-1.5, -1.5],
+    "ref_log_probs": [-1.5, -1.5],
+    "log_prob_grads": [[0.5, -0.5], [0.5, -0.5]],
+    "beta": 1.0,
+    "lr": 0.1,
+}
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import struct
 from typing import Any
@@ -15,6 +16,7 @@ from app.core import rlhf_weight_update
 from app.main import create_app
 from app.payload import UpdatePayload
 from app.settings import Settings
+from tests.asgi import body_chunks, raw_post
 
 PROBLEM_KEYS = {"type", "title", "status", "detail", "errors"}
 
@@ -291,6 +293,16 @@ def test_every_problem_of_a_payload_is_listed(client: TestClient) -> None:
     assert problem["detail"].endswith("(and 5 more problems)")
 
 
+def test_a_long_list_of_problems_is_capped(client: TestClient, example: dict[str, Any]) -> None:
+    payload = example | {"rewards": [1.0] * 30, "log_prob_grads": [[1.0]] * 30}
+    payload |= {"policy_log_probs": [0.0] * 30, "ref_log_probs": [0.0] * 30}
+    problem = assert_problem(client.post("/update", json=payload), 422, "log_prob_grads[0]")
+    assert [error["loc"] for error in problem["errors"]] == [
+        ["log_prob_grads", i] for i in range(20)
+    ]
+    assert problem["detail"].endswith("(and 29 more problems)")
+
+
 def test_a_million_bad_entries_give_one_error_per_field(
     client: TestClient, example: dict[str, Any]
 ) -> None:
@@ -337,7 +349,13 @@ def test_non_json_content_type_is_415(
 
 @pytest.mark.parametrize(
     "content_type",
-    ["application/json", "application/json; charset=utf-8", "Application/JSON", None],
+    [
+        "application/json",
+        "application/json; charset=utf-8",
+        "Application/JSON",
+        "application/merge-patch+json",
+        None,
+    ],
 )
 def test_json_content_types_are_accepted(
     client: TestClient, example: dict[str, Any], content_type: str | None
@@ -388,3 +406,15 @@ def test_service_keeps_serving_after_bad_requests(
         assert client.post("/update", content=body).status_code in {400, 422}
     assert client.post("/update", json=example).status_code == 200
     assert client.get("/healthz").status_code == 200
+
+
+def test_client_hang_up_is_not_a_server_error(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"100")]
+    messages = [*body_chunks([b'{"weights": [1.0,', b""])[:1], {"type": "http.disconnect"}]
+    with caplog.at_level(logging.INFO, logger="app"):
+        exchange = raw_post(create_app(settings), headers, messages)
+    assert exchange.status == 400
+    assert "client disconnected" in caplog.text
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]

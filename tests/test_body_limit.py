@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -12,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
+from tests.asgi import body_chunks, raw_post
 
 LIMIT = 1000
 
@@ -64,48 +64,17 @@ def test_limit_comes_from_settings(example: dict[str, Any]) -> None:
     assert "limit of 10 bytes" in response.json()["detail"]
 
 
-def _raw_post(app: Any, headers: list[tuple[bytes, bytes]], chunks: list[bytes]) -> tuple[int, int]:
-    """POST through the raw ASGI interface; return the status and how many chunks were read."""
-    read = 0
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        nonlocal read
-        read += 1
-        more = read < len(chunks)
-        return {"type": "http.request", "body": chunks[read - 1], "more_body": more}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/update",
-        "raw_path": b"/update",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"test"), *headers],
-        "client": ("127.0.0.1", 1234),
-        "server": ("test", 80),
-    }
-    asyncio.run(app(scope, receive, send))
-    return sent[0]["status"], read
-
-
 def test_declared_oversize_body_is_refused_without_reading_it() -> None:
     app = create_app(Settings(max_body_size=LIMIT))
     headers = [(b"content-type", b"application/json"), (b"content-length", b"500000000")]
-    status, read = _raw_post(app, headers, [b" " * 100_000] * 5000)
-    assert status == 413
-    assert read == 0
+    exchange = raw_post(app, headers, body_chunks([b" " * 100_000] * 5000))
+    assert exchange.status == 413
+    assert exchange.received == 0
 
 
 def test_undeclared_oversize_body_is_refused_at_the_chunk_that_crosses_the_limit() -> None:
     app = create_app(Settings(max_body_size=LIMIT))
-    status, read = _raw_post(app, [(b"content-type", b"application/json")], [b" " * 400] * 100)
-    assert status == 413
-    assert read == 3
+    headers = [(b"content-type", b"application/json")]
+    exchange = raw_post(app, headers, body_chunks([b" " * 400] * 100))
+    assert exchange.status == 413
+    assert exchange.received == 3

@@ -12,17 +12,7 @@ from app.core import (
     compute_update,
     rlhf_weight_update,
 )
-from tests.reference import reference_update
-
-EXAMPLE: dict[str, Any] = {
-    "weights": [1.0, 1.0],
-    "rewards": [1.0, 1.0],
-    "policy_log_probs": [-1.5, -1.5],
-    "ref_log_probs": [-1.5, -1.5],
-    "log_prob_grads": [[0.5, -0.5], [0.5, -0.5]],
-    "beta": 1.0,
-    "lr": 0.1,
-}
+from tests.reference import EXAMPLE, reference_update
 
 
 def test_reference_example() -> None:
