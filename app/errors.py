@@ -139,10 +139,10 @@ async def _on_update_error(request: Request, exc: Exception) -> Response:
 
 async def _on_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    title = HTTPStatus(exc.status_code).phrase
-    detail = exc.detail if exc.detail != title else f"{title}: {request.method} {request.url.path}"
     if exc.status_code == 413:
         return body_too_large_response(request.app.state.settings.max_body_size)
+    title = HTTPStatus(exc.status_code).phrase
+    detail = exc.detail if exc.detail != title else f"{title}: {request.method} {request.url.path}"
     return problem_response(
         exc.status_code, slug=None, title=title, detail=detail, headers=exc.headers
     )
