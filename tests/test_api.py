@@ -16,7 +16,7 @@ from app.core import rlhf_weight_update
 from app.main import create_app
 from app.payload import UpdatePayload
 from app.settings import Settings
-from tests.asgi import body_chunks, raw_post
+from tests.asgi import raw_post
 
 PROBLEM_KEYS = {"type", "title", "status", "detail", "errors"}
 
@@ -412,7 +412,10 @@ def test_client_hang_up_is_not_a_server_error(
     settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", b"100")]
-    messages = [*body_chunks([b'{"weights": [1.0,', b""])[:1], {"type": "http.disconnect"}]
+    messages: list[dict[str, Any]] = [
+        {"type": "http.request", "body": b'{"weights": [1.0,', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
     with caplog.at_level(logging.INFO, logger="app"):
         exchange = raw_post(create_app(settings), headers, messages)
     assert exchange.status == 400

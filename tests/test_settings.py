@@ -58,7 +58,9 @@ def test_python_dash_m_app_serves_with_the_settings(monkeypatch: pytest.MonkeyPa
     assert calls == [("app.main:app", {"host": "127.0.0.2", "port": 9124, "log_level": "warning"})]
 
 
-def test_log_level_applies_to_the_service_logger() -> None:
+def test_log_level_applies_to_the_service_logger(monkeypatch: pytest.MonkeyPatch) -> None:
+    logger = logging.getLogger("app")
+    monkeypatch.setattr(logger, "level", logger.level)  # restored after the test
     create_app(Settings(log_level="debug"))
     assert logging.getLogger("app").level == logging.DEBUG
     create_app(Settings(log_level="warning"))
