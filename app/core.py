@@ -11,10 +11,21 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from app.advantages import advantages, kl_estimate, mean, sample_std, whiten
+from app.options import (
+    DEFAULT_OPTIONS,
+    Groups,
+    UpdateOptions,
+    group_id_problems,
+    option_problems,
+)
+
 __all__ = [
     "InputProblem",
     "InvalidInputError",
+    "KlEstimates",
     "UpdateError",
+    "UpdateOptions",
     "UpdateOverflowError",
     "UpdateResult",
     "UpdateStats",
@@ -51,14 +62,33 @@ class UpdateOverflowError(UpdateError):
 
 
 @dataclass(frozen=True, slots=True)
+class KlEstimates:
+    """Batch means of the k1, k2 and k3 KL estimates, whatever estimator the update used.
+
+    An entry is None when that mean overflows float64 (only for absurd log-ratios).
+    """
+
+    k1: float | None
+    k2: float | None
+    k3: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class UpdateStats:
     """Diagnostics of one update, for the caller's logs."""
 
     kl_mean: float
+    kl_max: float
     reward_mean: float
+    reward_std: float
     adjusted_reward_mean: float
+    advantage_mean: float
+    advantage_std: float
     grad_norm: float
+    clipped: bool
     update_norm: float
+    next_beta: float | None
+    kl_estimates: KlEstimates
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,17 +182,48 @@ def compute_update(
     *,
     beta: float,
     lr: float,
+    options: UpdateOptions = DEFAULT_OPTIONS,
 ) -> UpdateResult:
-    """Compute the update of `rlhf_weight_update` together with its diagnostics.
+    """Compute the update of `rlhf_weight_update`, with algorithm options and diagnostics.
 
-    Parameters and errors are those of `rlhf_weight_update`.
+    Parameters
+    ----------
+    weights, rewards, policy_log_probs, ref_log_probs, log_prob_grads, beta, lr
+        As in `rlhf_weight_update`.
+    options : UpdateOptions, optional
+        KL estimator, clamps, baseline, normalisation, gradient clipping and adaptive
+        KL. The default reproduces `rlhf_weight_update` bit for bit.
 
     Returns
     -------
     UpdateResult
-        ``weights``: the new weights. ``stats``: ``kl_mean`` (mean of `kl_i`),
-        ``reward_mean``, ``adjusted_reward_mean`` (mean of `a_i`), ``grad_norm``
-        (L2 norm of `g`) and ``update_norm`` (L2 norm of ``lr * g``).
+        The new weights and `UpdateStats`.
+
+    Raises
+    ------
+    InvalidInputError, UpdateOverflowError
+        As in `rlhf_weight_update`; also for an option outside its domain, `group_ids`
+        of the wrong length, or "rloo" with a group of one sample.
+
+    Notes
+    -----
+    The steps, in order:
+
+    0. ``r = clip(rewards, -reward_clip, reward_clip)`` when `reward_clip` is set;
+    1. ``kl_i`` by the chosen estimator of ``d_i = policy_log_probs_i - ref_log_probs_i``
+       (see `app.advantages.kl_estimate`), clamped to ``[-kl_clamp, kl_clamp]`` when set;
+    2. ``a_i = r_i - beta * kl_i``;
+    3. ``A_i`` from ``a_i`` by the baseline, within each group of `group_ids`
+       (see `app.advantages.advantages`);
+    4. ``A = whiten(A)`` when `normalize_advantages` (see `app.advantages.whiten`);
+    5. ``g = A @ log_prob_grads / B``;
+    6. ``g *= max_grad_norm / (||g|| + 1e-6)`` when ``||g|| > max_grad_norm``, as
+       ``torch.nn.utils.clip_grad_norm_``;
+    7. ``w' = weights + lr * g``.
+
+    With `target_kl` and `kl_horizon`, ``stats.next_beta`` is the adaptive KL
+    controller's next coefficient (Ziegler et al. 2019, TRL's AdaptiveKLController):
+    ``beta * (1 + clip(kl_mean / target_kl - 1, -0.2, 0.2) * B / kl_horizon)``.
     """
     checked = _checked_inputs(
         {
@@ -174,25 +235,66 @@ def compute_update(
         },
         beta=beta,
         lr=lr,
+        options=options,
     )
     w, r = checked.arrays["weights"], checked.arrays["rewards"]
     with np.errstate(over="ignore", invalid="ignore"):
-        kl = checked.arrays["policy_log_probs"] - checked.arrays["ref_log_probs"]
+        if options.reward_clip is not None:
+            r = np.clip(r, -float(options.reward_clip), float(options.reward_clip))
+        log_ratio = checked.arrays["policy_log_probs"] - checked.arrays["ref_log_probs"]
+        kl = kl_estimate(log_ratio, options.estimator)
+        if options.kl_clamp is not None:
+            kl = np.clip(kl, -float(options.kl_clamp), float(options.kl_clamp))
         adjusted = r - checked.beta * kl
-        grad = _mean_of_rows(adjusted, checked.arrays["log_prob_grads"])
+        advantage = advantages(adjusted, checked.groups, options.baseline, options.grpo_scale)
+        if options.normalize_advantages:
+            advantage = whiten(advantage)
+    _require_finite_results(
+        kl=kl, adjusted=adjusted, advantage=advantage, estimator=options.estimator
+    )
+    with np.errstate(over="ignore", invalid="ignore"):
+        grad = _mean_of_rows(advantage, checked.arrays["log_prob_grads"])
+        grad_norm = _l2_norm(grad)
+        clipped = options.max_grad_norm is not None and grad_norm > options.max_grad_norm
+        if clipped:
+            grad = grad * (float(options.max_grad_norm or 0.0) / (grad_norm + 1e-6))
         step = checked.lr * grad
         # lr = 0 returns the weights bit for bit: w + 0.0 would turn -0.0 into 0.0.
         new_weights = w + step if checked.lr else w.copy()
+        kl_mean = mean(kl)
         stats = UpdateStats(
-            kl_mean=_mean(kl),
-            reward_mean=_mean(r),
-            adjusted_reward_mean=_mean(adjusted),
-            grad_norm=_l2_norm(grad),
+            kl_mean=kl_mean,
+            kl_max=float(np.max(kl)),
+            reward_mean=mean(r),
+            reward_std=sample_std(r),
+            adjusted_reward_mean=mean(adjusted),
+            advantage_mean=mean(advantage),
+            advantage_std=sample_std(advantage),
+            grad_norm=grad_norm,
+            clipped=bool(clipped),
             update_norm=_l2_norm(step),
+            next_beta=_next_beta(checked.beta, kl_mean, r.size, options),
+            kl_estimates=_kl_estimates(log_ratio),
         )
-    _require_finite_results(kl=kl, adjusted=adjusted, grad=grad, new_weights=new_weights)
+    _require_finite_results(grad=grad, new_weights=new_weights)
     _require_finite_stats(stats)
     return UpdateResult(weights=new_weights, stats=stats)
+
+
+def _next_beta(
+    beta: float, kl_mean: float, batch_size: int, options: UpdateOptions
+) -> float | None:
+    """The adaptive KL controller's next beta, or None when it is not enabled."""
+    if options.target_kl is None or options.kl_horizon is None:
+        return None
+    error = min(max(kl_mean / float(options.target_kl) - 1.0, -0.2), 0.2)
+    return beta * (1.0 + error * batch_size / float(options.kl_horizon))
+
+
+def _kl_estimates(log_ratio: FloatArray) -> KlEstimates:
+    means = [mean(kl_estimate(log_ratio, name)) for name in ("k1", "k2", "k3")]
+    k1, k2, k3 = (value if np.isfinite(value) else None for value in means)
+    return KlEstimates(k1=k1, k2=k2, k3=k3)
 
 
 # The expected shape of each array argument.
@@ -210,9 +312,12 @@ class _CheckedInputs:
     arrays: dict[str, FloatArray]
     beta: float
     lr: float
+    groups: Groups
 
 
-def _checked_inputs(values: dict[str, ArrayLike], *, beta: float, lr: float) -> _CheckedInputs:
+def _checked_inputs(
+    values: dict[str, ArrayLike], *, beta: float, lr: float, options: UpdateOptions
+) -> _CheckedInputs:
     """Convert every argument to float64 and check it; report all problems of a stage at once."""
     problems: list[InputProblem] = []
     arrays = {
@@ -220,11 +325,22 @@ def _checked_inputs(values: dict[str, ArrayLike], *, beta: float, lr: float) -> 
         for name, value in values.items()
         if (array := _as_float64(name, value, problems)) is not None
     }
-    checked = _CheckedInputs(
-        arrays, _as_scalar("beta", beta, problems), _as_scalar("lr", lr, problems)
-    )
+    beta_value = _as_scalar("beta", beta, problems)
+    lr_value = _as_scalar("lr", lr, problems)
+    problems += [InputProblem((name,), msg) for name, msg in option_problems(options)]
+    groups = Groups.whole_batch(0)
     if not problems:
         problems = _shape_problems(arrays)
+        batch_size = arrays["rewards"].shape[0]
+        groups = Groups.whole_batch(batch_size)
+        if options.group_ids is not None:
+            ids, id_problems = group_id_problems(options.group_ids, batch_size)
+            problems += [InputProblem(loc, msg) for loc, msg in id_problems]
+            if ids is not None:
+                groups = Groups.from_ids(ids)
+        if not problems and options.baseline == "rloo":
+            problems = _rloo_problems(groups, grouped=options.group_ids is not None)
+    checked = _CheckedInputs(arrays, beta_value, lr_value, groups)
     if not problems:
         problems = [
             InputProblem(
@@ -236,6 +352,36 @@ def _checked_inputs(values: dict[str, ArrayLike], *, beta: float, lr: float) -> 
     if problems:
         raise InvalidInputError(problems)
     return checked
+
+
+def _rloo_problems(groups: Groups, *, grouped: bool) -> list[InputProblem]:
+    """RLOO's leave-one-out baseline needs every group to have a second sample."""
+    singles = np.flatnonzero(groups.sizes < 2)
+    if not grouped:
+        if singles.size == 0:
+            return []
+        msg = (
+            "baseline 'rloo' needs at least 2 samples per group; without group_ids the "
+            "batch is one group, and it has 1 sample"
+        )
+        return [InputProblem(("baseline",), msg)]
+    problems = []
+    for group in singles[:_MAX_GROUP_PROBLEMS]:
+        index = int(groups.first[group])
+        msg = (
+            f"group {groups.ids[group]} (group_ids[{index}]) has 1 sample; "
+            "baseline 'rloo' needs at least 2 samples per group"
+        )
+        problems.append(InputProblem(("group_ids", index), msg))
+    if singles.size > _MAX_GROUP_PROBLEMS:
+        more = singles.size - _MAX_GROUP_PROBLEMS
+        msg = f"{more} more groups have 1 sample; baseline 'rloo' needs at least 2 per group"
+        problems.append(InputProblem(("group_ids",), msg))
+    return problems
+
+
+# Listing a million single-sample groups one by one helps nobody.
+_MAX_GROUP_PROBLEMS = 20
 
 
 def _as_float64(name: str, value: ArrayLike, problems: list[InputProblem]) -> FloatArray | None:
@@ -313,17 +459,22 @@ def _first_non_finite(array: FloatArray) -> tuple[int, ...] | None:
     return tuple(int(i) for i in bad[0]) if bad.size else None
 
 
-def _require_finite_results(**quantities: FloatArray) -> None:
-    descriptions = {
-        "kl": "the KL estimate policy_log_probs[{i}] - ref_log_probs[{i}]",
-        "adjusted": "the adjusted reward rewards[{i}] - beta * kl[{i}]",
-        "grad": "the policy gradient grad[{i}]",
-        "new_weights": "the updated weight weights[{i}] + lr * grad[{i}]",
-    }
+_DESCRIPTIONS = {
+    "kl": "the KL estimate policy_log_probs[{i}] - ref_log_probs[{i}]",
+    "adjusted": "the adjusted reward rewards[{i}] - beta * kl[{i}]",
+    "advantage": "the advantage of sample {i}",
+    "grad": "the policy gradient grad[{i}]",
+    "new_weights": "the updated weight weights[{i}] + lr * grad[{i}]",
+}
+
+
+def _require_finite_results(estimator: str = "k1", **quantities: FloatArray) -> None:
     for name, values in quantities.items():
         index = _first_non_finite(values)
         if index is not None:
-            what = descriptions[name].format(i=index[0])
+            what = _DESCRIPTIONS[name].format(i=index[0])
+            if name == "kl" and estimator != "k1":
+                what = f"the {estimator} KL estimate of sample {index[0]}"
             msg = f"{what} overflows float64 ({values[index]}); scale down the inputs or lr"
             raise UpdateOverflowError([InputProblem((name, index[0]), msg)])
 
@@ -331,7 +482,7 @@ def _require_finite_results(**quantities: FloatArray) -> None:
 def _require_finite_stats(stats: UpdateStats) -> None:
     for name in UpdateStats.__slots__:
         value = getattr(stats, name)
-        if not np.isfinite(value):
+        if isinstance(value, float) and not np.isfinite(value):
             msg = f"stats.{name} overflows float64 ({value}); scale down the inputs or lr"
             raise UpdateOverflowError([InputProblem(("stats", name), msg)])
 
@@ -344,14 +495,6 @@ def _mean_of_rows(coefficients: FloatArray, rows: FloatArray) -> FloatArray:
         # A column sum overflowed although its mean may be representable: divide first.
         grad = (coefficients / b) @ rows
     return grad
-
-
-def _mean(values: FloatArray) -> float:
-    mean = float(np.mean(values))
-    if not np.isfinite(mean) and np.isfinite(values).all():
-        # The sum overflowed although the mean itself is representable: average scaled terms.
-        mean = float(np.sum(values / values.size))
-    return mean
 
 
 def _l2_norm(values: FloatArray) -> float:

@@ -13,12 +13,16 @@ from pydantic_core import ErrorDetails
 
 from app.core import InputProblem, UpdateResult
 from app.errors import InvalidPayloadError, MalformedBodyError
+from app.options import BASELINES, GRPO_SCALES, KL_ESTIMATORS
 from app.payload import UpdatePayload
-from app.schemas import UpdateRequest
+from app.schemas import UpdateOptionsModel, UpdateRequest
 
-__all__ = ["decode_update_request", "encode_update_response"]
+__all__ = ["decode_update_request", "describe_validation_error", "encode_update_response"]
 
 _FIELDS = tuple(UpdateRequest.model_fields)
+_OPTIONS = tuple(UpdateOptionsModel.model_fields)
+_ARRAYS_AND_SCALARS = tuple(name for name in _FIELDS if name not in _OPTIONS)
+_ALLOWED = {"kl_estimator": KL_ESTIMATORS, "baseline": BASELINES, "grpo_scale": GRPO_SCALES}
 _EXPECTED = {
     "weights": "a non-empty array of N numbers",
     "rewards": "a non-empty array of B numbers",
@@ -27,6 +31,7 @@ _EXPECTED = {
     "log_prob_grads": "an array of B arrays of N numbers",
     "beta": "a number >= 0",
     "lr": "a number >= 0",
+    "group_ids": "an array of B integers, or null",
 }
 
 
@@ -42,7 +47,7 @@ def decode_update_request(body: bytes) -> UpdatePayload:
         if errors[0]["type"] == "json_invalid":
             msg = f"malformed JSON: {errors[0]['ctx']['error']}"
             raise MalformedBodyError(msg) from None
-        raise InvalidPayloadError([_describe(error) for error in errors]) from None
+        raise InvalidPayloadError([describe_validation_error(error) for error in errors]) from None
     n = len(request.weights)
     ragged = [
         InputProblem(
@@ -63,16 +68,25 @@ def decode_update_request(body: bytes) -> UpdatePayload:
         log_prob_grads=grads,
         beta=request.beta,
         lr=request.lr,
+        options=request.to_options(),
     )
 
 
 def encode_update_response(result: UpdateResult) -> bytes:
     """Serialise straight from the float64 buffer; floats print as their shortest round trip."""
-    body = {"weights": result.weights, "stats": asdict(result.stats)}
+    body = {"weights": result.weights, "stats": stats_as_dict(result)}
     return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def _describe(error: ErrorDetails) -> InputProblem:
+def stats_as_dict(result: UpdateResult) -> dict[str, Any]:
+    """The stats as the wire shows them: `next_beta` only when adaptive KL computed one."""
+    stats = asdict(result.stats)
+    if stats["next_beta"] is None:
+        del stats["next_beta"]
+    return stats
+
+
+def describe_validation_error(error: ErrorDetails) -> InputProblem:
     """Rephrase one Pydantic error as: the field (and index), what it got, what was expected."""
     loc = tuple(error["loc"])
     path = _path(loc)
@@ -102,8 +116,25 @@ def _describe(error: ErrorDetails) -> InputProblem:
         return InputProblem(loc, f"{path} is {got}; expected {expected}")
     if kind == "too_short":
         return InputProblem(loc, f"{path} is empty; expected {_EXPECTED[str(field)]}")
+    if kind in ("greater_than_equal", "less_than_equal") and field == "group_ids":
+        return InputProblem(
+            loc, f"{path} is {_shown(error.get('input'))}; expected an integer within int64"
+        )
     if kind == "greater_than_equal":
         return InputProblem(loc, f"{path} is {_shown(error.get('input'))}; expected a number >= 0")
+    if kind == "greater_than":
+        return InputProblem(
+            loc, f"{path} is {_shown(error.get('input'))}; expected a finite number > 0"
+        )
+    if kind in ("literal_error", "string_type") and field in _ALLOWED:
+        allowed = ", ".join(repr(value) for value in _ALLOWED[str(field)])
+        value = error.get("input")
+        shown = repr(value) if isinstance(value, str) else got
+        return InputProblem(loc, f"{path} is {shown}; expected one of {allowed}")
+    if kind == "int_type":
+        return InputProblem(loc, f"{path} is {got}; expected an integer")
+    if kind == "bool_type":
+        return InputProblem(loc, f"{path} is {got}; expected true or false")
     return InputProblem(loc, f"{path}: {error['msg']}")
 
 
@@ -113,7 +144,7 @@ def _path(loc: tuple[str | int, ...]) -> str:
 
 
 def _field_list() -> str:
-    return "fields " + ", ".join(_FIELDS)
+    return "fields " + ", ".join(_ARRAYS_AND_SCALARS) + " and the optional " + ", ".join(_OPTIONS)
 
 
 def _json_kind(value: Any) -> str:

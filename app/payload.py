@@ -8,13 +8,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from app.core import UpdateResult, compute_update
+from app.options import DEFAULT_OPTIONS, UpdateOptions
 
 __all__ = ["UpdatePayload"]
 
 
 @dataclass(frozen=True, slots=True)
 class UpdatePayload:
-    """The arrays and scalars of one update, as the decoder produced them."""
+    """The arrays, scalars and options of one update, as the decoder produced them."""
 
     weights: NDArray[np.float64]
     rewards: NDArray[np.float64]
@@ -23,6 +24,7 @@ class UpdatePayload:
     log_prob_grads: NDArray[np.float64]
     beta: float
     lr: float
+    options: UpdateOptions = DEFAULT_OPTIONS
 
     def compute(self) -> UpdateResult:
         """Run the update; the core checks the shape rules shared by every format."""
@@ -34,4 +36,5 @@ class UpdatePayload:
             self.log_prob_grads,
             beta=self.beta,
             lr=self.lr,
+            options=self.options,
         )

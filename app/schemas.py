@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, FailFast, Field
 
-__all__ = ["ErrorItem", "Problem", "UpdateRequest", "UpdateResponse", "UpdateStatsModel"]
+from app.options import UpdateOptions
+
+__all__ = [
+    "ErrorItem",
+    "Problem",
+    "UpdateOptionsModel",
+    "UpdateRequest",
+    "UpdateResponse",
+    "UpdateStatsModel",
+]
 
 # Strict: JSON numbers only (integers included), never strings, booleans or null.
 # NaN, Infinity and literals beyond float64 (1e999) are rejected by allow_inf_nan=False.
@@ -14,6 +23,8 @@ __all__ = ["ErrorItem", "Problem", "UpdateRequest", "UpdateResponse", "UpdateSta
 # error per field, not a million.
 Numbers = Annotated[list[float], FailFast()]
 Rows = Annotated[list[Numbers], FailFast()]
+GroupId = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+Positive = Annotated[float, Field(gt=0)]
 
 REFERENCE_EXAMPLE: dict[str, Any] = {
     "weights": [1.0, 1.0],
@@ -26,16 +37,60 @@ REFERENCE_EXAMPLE: dict[str, Any] = {
 }
 
 
-class UpdateRequest(BaseModel):
-    """One policy-gradient update: B samples, N weights."""
+class UpdateOptionsModel(BaseModel):
+    """The optional algorithm settings; leaving all out gives the plain update."""
 
-    model_config = ConfigDict(
-        extra="forbid",
-        strict=True,
-        allow_inf_nan=False,
-        json_schema_extra={"examples": [REFERENCE_EXAMPLE]},
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    kl_estimator: Literal["k1", "k2", "k3", "abs", "kl", "mse", "low_var_kl"] = Field(
+        default="k1",
+        description="Per-sample KL estimate of d = policy_log_probs - ref_log_probs: "
+        "k1 = d, k2 = d^2/2, k3 = exp(-d) - 1 + d (d bounded to [-20, 20]), abs = |d|; "
+        "verl's kl, mse, low_var_kl are aliases of k1, k2, k3.",
+    )
+    kl_clamp: Positive | None = Field(
+        default=None, description="Clamp each kl_i to [-kl_clamp, kl_clamp]."
+    )
+    reward_clip: Positive | None = Field(
+        default=None, description="Clamp each reward to [-reward_clip, reward_clip] first."
+    )
+    group_ids: Annotated[list[GroupId] | None, FailFast()] = Field(
+        default=None,
+        description="B integers: the prompt each sample answers. Baselines are computed "
+        "within each group; without group_ids the batch is one group.",
+    )
+    baseline: Literal["none", "mean", "rloo", "grpo"] = Field(
+        default="none",
+        description="Advantage from the adjusted reward a: none (A = a), mean (a - group "
+        "mean), rloo (a - mean of the others in the group), grpo ((a - group mean) / "
+        "(group sample std + 1e-4)).",
+    )
+    grpo_scale: Literal["std", "none"] = Field(
+        default="std", description='"none" skips grpo\'s division by the group std (Dr. GRPO).'
+    )
+    normalize_advantages: bool = Field(
+        default=False,
+        description="Whiten the advantages over the batch: (A - mean) / sqrt(var + 1e-8).",
+    )
+    max_grad_norm: Positive | None = Field(
+        default=None,
+        description="If ||grad|| > max_grad_norm, scale grad by max_grad_norm / (||grad|| + 1e-6).",
+    )
+    target_kl: Positive | None = Field(
+        default=None, description="Adaptive KL: the KL to steer towards (with kl_horizon)."
+    )
+    kl_horizon: Positive | None = Field(
+        default=None, description="Adaptive KL: the horizon, in samples (with target_kl)."
     )
 
+    def to_options(self) -> UpdateOptions:
+        """The core's view of these options."""
+        return UpdateOptions(
+            **{name: getattr(self, name) for name in UpdateOptionsModel.model_fields}
+        )
+
+
+class _UpdateArrays(BaseModel):
     weights: Numbers = Field(min_length=1, description="Current weights, shape (N,).")
     rewards: Numbers = Field(min_length=1, description="Reward per sample, shape (B,).")
     policy_log_probs: Numbers = Field(
@@ -52,14 +107,47 @@ class UpdateRequest(BaseModel):
     lr: float = Field(ge=0, description="Learning rate, >= 0.")
 
 
-class UpdateStatsModel(BaseModel):
-    """Diagnostics of the update."""
+# The arrays come first in the schema: Pydantic orders inherited fields by reversed MRO.
+class UpdateRequest(UpdateOptionsModel, _UpdateArrays):
+    """One policy-gradient update: B samples, N weights, and optional algorithm settings."""
 
-    kl_mean: float = Field(description="Mean of kl_i = policy_log_probs_i - ref_log_probs_i.")
-    reward_mean: float = Field(description="Mean of the rewards.")
-    adjusted_reward_mean: float = Field(description="Mean of rewards_i - beta * kl_i.")
-    grad_norm: float = Field(description="L2 norm of the policy gradient.")
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        allow_inf_nan=False,
+        json_schema_extra={"examples": [REFERENCE_EXAMPLE]},
+    )
+
+
+class KlEstimatesModel(BaseModel):
+    """Batch means of three KL estimators side by side (null if one overflows float64)."""
+
+    k1: float | None = Field(description="Mean of d = policy_log_probs - ref_log_probs.")
+    k2: float | None = Field(description="Mean of d^2 / 2.")
+    k3: float | None = Field(description="Mean of exp(-d) - 1 + d, d bounded to [-20, 20].")
+
+
+class UpdateStatsModel(BaseModel):
+    """Diagnostics of the update. Standard deviations are sample ones (ddof = 1), 0 for B = 1."""
+
+    kl_mean: float = Field(description="Mean of kl_i, the chosen estimator after kl_clamp.")
+    kl_max: float = Field(description="Largest kl_i.")
+    reward_mean: float = Field(description="Mean of the rewards (after reward_clip).")
+    reward_std: float = Field(description="Standard deviation of the rewards (after reward_clip).")
+    adjusted_reward_mean: float = Field(description="Mean of a_i = rewards_i - beta * kl_i.")
+    advantage_mean: float = Field(description="Mean of the advantages A_i (after normalisation).")
+    advantage_std: float = Field(description="Standard deviation of the advantages A_i.")
+    grad_norm: float = Field(description="L2 norm of the policy gradient, before clipping.")
+    clipped: bool = Field(description="True if max_grad_norm scaled the gradient down.")
     update_norm: float = Field(description="L2 norm of lr * gradient, the step applied.")
+    next_beta: float | None = Field(
+        default=None,
+        description="Adaptive KL controller's next beta; present only with target_kl and "
+        "kl_horizon.",
+    )
+    kl_estimates: KlEstimatesModel = Field(
+        description="Batch means of k1, k2 and k3, whatever estimator the update used."
+    )
 
 
 class UpdateResponse(BaseModel):

@@ -63,10 +63,20 @@ def test_stats_are_returned(client: TestClient) -> None:
     norm = math.sqrt(0.125**2 + 1 + 1.75**2)
     assert body["stats"] == {
         "kl_mean": 0.25,
+        "kl_max": 0.5,
         "reward_mean": -0.5,
+        "reward_std": pytest.approx(3 / math.sqrt(2), rel=1e-15),
         "adjusted_reward_mean": -0.625,
+        "advantage_mean": -0.625,
+        "advantage_std": pytest.approx(2.75 / math.sqrt(2), rel=1e-15),
         "grad_norm": pytest.approx(norm, rel=1e-15),
+        "clipped": False,
         "update_norm": pytest.approx(0.5 * norm, rel=1e-15),
+        "kl_estimates": {
+            "k1": 0.25,
+            "k2": 0.0625,
+            "k3": pytest.approx((math.exp(-0.5) - 0.5) / 2, rel=1e-15),
+        },
     }
 
 

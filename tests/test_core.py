@@ -138,7 +138,7 @@ def test_float32_and_integer_inputs_are_computed_in_float64() -> None:
 def test_stats_match_the_reference() -> None:
     rng = np.random.default_rng(7)
     b, n = 6, 4
-    args = {
+    args: dict[str, Any] = {
         "weights": rng.standard_normal(n),
         "rewards": rng.standard_normal(b),
         "policy_log_probs": rng.standard_normal(b) - 2,

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from app.core import UpdateStats
-from app.schemas import UpdateStatsModel
+from app.schemas import UpdateOptionsModel, UpdateStatsModel
 
 
 def _update_operation(client: TestClient) -> dict[str, Any]:
@@ -60,3 +60,23 @@ def test_docs_page_is_served(client: TestClient) -> None:
     response = client.get("/docs")
     assert response.status_code == 200
     assert "swagger" in response.text.lower()
+
+
+def test_options_are_documented_with_their_allowed_values(client: TestClient) -> None:
+    schema = _update_operation(client)["requestBody"]["content"]["application/json"]["schema"]
+    props = schema["properties"]
+    options = list(UpdateOptionsModel.model_fields)
+    assert all(props[name]["description"] for name in options)
+    assert not set(options) & set(schema["required"])
+    assert props["baseline"]["enum"] == ["none", "mean", "rloo", "grpo"]
+    assert props["kl_estimator"]["enum"] == ["k1", "k2", "k3", "abs", "kl", "mse", "low_var_kl"]
+    for name in ("kl_clamp", "reward_clip", "max_grad_norm", "target_kl", "kl_horizon"):
+        assert props[name]["anyOf"][0] == {"exclusiveMinimum": 0, "type": "number"}
+    assert props["group_ids"]["anyOf"][0]["items"]["type"] == "integer"
+
+
+def test_kl_estimates_are_described(client: TestClient) -> None:
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    estimates = schemas["KlEstimatesModel"]["properties"]
+    assert set(estimates) == {"k1", "k2", "k3"}
+    assert all(prop.get("description") for prop in estimates.values())

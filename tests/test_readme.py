@@ -1,0 +1,33 @@
+"""The README documents what the code does: every option, in the stated order of operations."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from app.schemas import UpdateOptionsModel, UpdateStatsModel
+
+README = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+
+
+def table_keys(heading_text: str) -> set[str]:
+    """The backticked names in the first column of every table row after `heading_text`."""
+    section = README.split(heading_text, 1)[1].split("\n#", 1)[0]
+    return {
+        name
+        for row in re.findall(r"^\| (.+?) \|", section, re.M)
+        for name in re.findall(r"`([a-z_0-9]+)`", row)
+    }
+
+
+def test_every_option_has_a_row_in_the_options_table() -> None:
+    assert set(UpdateOptionsModel.model_fields) <= table_keys("### Algorithm options")
+
+
+def test_every_stat_is_documented() -> None:
+    assert set(UpdateStatsModel.model_fields) <= table_keys("Response (`200`")
+
+
+def test_order_of_operations_is_stated_step_by_step() -> None:
+    steps = re.findall(r"^(\d)\. ", README.split("Order of operations:", 1)[1], re.M)[:8]
+    assert steps == [str(i) for i in range(8)]
