@@ -255,9 +255,11 @@ def compute_update(
     with np.errstate(over="ignore", invalid="ignore"):
         grad = _mean_of_rows(advantage, checked.arrays["log_prob_grads"])
         grad_norm = _l2_norm(grad)
-        clipped = options.max_grad_norm is not None and grad_norm > options.max_grad_norm
-        if clipped:
-            grad = grad * (float(options.max_grad_norm or 0.0) / (grad_norm + 1e-6))
+        clipped = False
+        if options.max_grad_norm is not None and grad_norm > options.max_grad_norm:
+            # torch.nn.utils.clip_grad_norm_'s factor, 1e-6 included.
+            grad = grad * (float(options.max_grad_norm) / (grad_norm + 1e-6))
+            clipped = True
         step = checked.lr * grad
         # lr = 0 returns the weights bit for bit: w + 0.0 would turn -0.0 into 0.0.
         new_weights = w + step if checked.lr else w.copy()
@@ -271,7 +273,7 @@ def compute_update(
             advantage_mean=mean(advantage),
             advantage_std=sample_std(advantage),
             grad_norm=grad_norm,
-            clipped=bool(clipped),
+            clipped=clipped,
             update_norm=_l2_norm(step),
             next_beta=_next_beta(checked.beta, kl_mean, r.size, options),
             kl_estimates=_kl_estimates(log_ratio),
