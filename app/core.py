@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -21,6 +22,7 @@ from app.options import (
 )
 
 __all__ = [
+    "AnyFloatArray",
     "InputProblem",
     "InvalidInputError",
     "KlEstimates",
@@ -30,11 +32,14 @@ __all__ = [
     "UpdateResult",
     "UpdateStats",
     "compute_update",
+    "in_weights_dtype",
     "rlhf_weight_update",
 ]
 
 Loc = tuple[str | int, ...]
 FloatArray = NDArray[np.float64]
+# float64, or float32 as a binary body may send (see `in_weights_dtype`).
+AnyFloatArray = NDArray[np.float64] | NDArray[np.float32]
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,9 +98,9 @@ class UpdateStats:
 
 @dataclass(frozen=True, slots=True)
 class UpdateResult:
-    """The new weights (float64, shape (N,)) and the diagnostics of the step."""
+    """The new weights (shape (N,), float64 unless cast) and the diagnostics of the step."""
 
-    weights: FloatArray
+    weights: AnyFloatArray
     stats: UpdateStats
 
 
@@ -168,9 +173,11 @@ def rlhf_weight_update(
     ...                    [[0.5, -0.5], [0.5, -0.5]], beta=1.0, lr=0.1)
     array([1.05, 0.95])
     """
-    return compute_update(
+    result = compute_update(
         weights, rewards, policy_log_probs, ref_log_probs, log_prob_grads, beta=beta, lr=lr
-    ).weights
+    )
+    # compute_update answers in float64; only in_weights_dtype casts to another dtype.
+    return cast("FloatArray", result.weights)
 
 
 def compute_update(
@@ -297,6 +304,41 @@ def _kl_estimates(log_ratio: FloatArray) -> KlEstimates:
     means = [mean(kl_estimate(log_ratio, name)) for name in ("k1", "k2", "k3")]
     k1, k2, k3 = (value if np.isfinite(value) else None for value in means)
     return KlEstimates(k1=k1, k2=k2, k3=k3)
+
+
+def in_weights_dtype(result: UpdateResult, dtype: np.dtype[np.floating[Any]]) -> UpdateResult:
+    """Cast the float64 result to the dtype the weights came in (float32 or float64).
+
+    Parameters
+    ----------
+    result : UpdateResult
+        The output of `compute_update`, computed in float64.
+    dtype : numpy.dtype
+        The dtype of the caller's weights.
+
+    Returns
+    -------
+    UpdateResult
+        `result` itself for float64; otherwise the weights rounded to `dtype`.
+
+    Raises
+    ------
+    UpdateOverflowError
+        If a new weight is beyond the range of `dtype`, naming the first such weight.
+    """
+    if dtype == result.weights.dtype:
+        return result
+    with np.errstate(over="ignore"):
+        weights: NDArray[np.float32] = result.weights.astype(dtype)
+    index = _first_non_finite(weights)
+    if index is not None:
+        i = index[0]
+        msg = (
+            f"the updated weight weights[{i}] + lr * grad[{i}] overflows {dtype.name} "
+            f"({result.weights[i]}); scale down the inputs or lr, or send float64 weights"
+        )
+        raise UpdateOverflowError([InputProblem(("new_weights", i), msg)])
+    return UpdateResult(weights=weights, stats=result.stats)
 
 
 # The expected shape of each array argument.
@@ -450,7 +492,7 @@ def _shape_problems(arrays: dict[str, FloatArray]) -> list[InputProblem]:
     return problems
 
 
-def _first_non_finite(array: FloatArray) -> tuple[int, ...] | None:
+def _first_non_finite(array: AnyFloatArray) -> tuple[int, ...] | None:
     """Index of the first NaN or infinity in `array`, or None."""
     # A finite sum proves every entry finite without a boolean temporary of the array's
     # size; only when it is not (a non-finite entry, or a finite sum that overflowed) look.

@@ -4,10 +4,11 @@ Exceptions raised anywhere in a request become a problem body here:
 
     ProblemError                  raised by the web layer and the decoders
     ├── MalformedBodyError        400: the body is not parseable JSON
+    ├── MalformedSafetensorsError 400: the body is not a well-formed safetensors file
     ├── UnsupportedMediaTypeError 415: the Content-Type is not one we read
     └── InvalidPayloadError       422: parseable, but the payload breaks the contract
     core.InvalidInputError        422: shapes or values the update cannot take
-    core.UpdateOverflowError      422: the update itself overflows float64
+    core.UpdateOverflowError      422: the update overflows float64 (or float32 weights)
     HTTPException                 404, 405, 413 (body limit), ... from Starlette
     ClientDisconnect              400: the client left before sending the whole body
     anything else                 500, logged, with no detail leaked to the client
@@ -31,6 +32,7 @@ __all__ = [
     "PROBLEM_MEDIA_TYPE",
     "InvalidPayloadError",
     "MalformedBodyError",
+    "MalformedSafetensorsError",
     "ProblemError",
     "UnsupportedMediaTypeError",
     "body_too_large_response",
@@ -64,6 +66,14 @@ class MalformedBodyError(ProblemError):
     status = 400
     slug = "malformed-json"
     title = "Malformed JSON"
+
+
+class MalformedSafetensorsError(ProblemError):
+    """The body is not a well-formed safetensors file."""
+
+    status = 400
+    slug = "malformed-safetensors"
+    title = "Malformed safetensors"
 
 
 class UnsupportedMediaTypeError(ProblemError):
@@ -128,7 +138,7 @@ async def _on_problem(request: Request, exc: Exception) -> Response:
 async def _on_update_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, UpdateError)
     if isinstance(exc, UpdateOverflowError):
-        slug, title = "update-overflow", "Update overflows float64"
+        slug, title = "update-overflow", "Update overflows"
     else:
         assert isinstance(exc, InvalidInputError)
         slug, title = InvalidPayloadError.slug, InvalidPayloadError.title

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-from numpy.typing import NDArray
-
-from app.core import UpdateResult, compute_update
+from app.core import AnyFloatArray, UpdateResult, compute_update, in_weights_dtype
 from app.options import DEFAULT_OPTIONS, UpdateOptions
 
 __all__ = ["UpdatePayload"]
@@ -15,20 +12,27 @@ __all__ = ["UpdatePayload"]
 
 @dataclass(frozen=True, slots=True)
 class UpdatePayload:
-    """The arrays, scalars and options of one update, as the decoder produced them."""
+    """The arrays, scalars and options of one update, as the decoder produced them.
 
-    weights: NDArray[np.float64]
-    rewards: NDArray[np.float64]
-    policy_log_probs: NDArray[np.float64]
-    ref_log_probs: NDArray[np.float64]
-    log_prob_grads: NDArray[np.float64]
+    Arrays are float64, or float32 from a binary body; they may be read-only views on the
+    request body, which nothing here writes to.
+    """
+
+    weights: AnyFloatArray
+    rewards: AnyFloatArray
+    policy_log_probs: AnyFloatArray
+    ref_log_probs: AnyFloatArray
+    log_prob_grads: AnyFloatArray
     beta: float
     lr: float
     options: UpdateOptions = DEFAULT_OPTIONS
 
     def compute(self) -> UpdateResult:
-        """Run the update; the core checks the shape rules shared by every format."""
-        return compute_update(
+        """Run the update in float64, answering in the dtype of the weights.
+
+        The core checks the shape rules shared by every format.
+        """
+        result = compute_update(
             self.weights,
             self.rewards,
             self.policy_log_probs,
@@ -38,3 +42,4 @@ class UpdatePayload:
             lr=self.lr,
             options=self.options,
         )
+        return in_weights_dtype(result, self.weights.dtype)

@@ -8,15 +8,23 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from app.errors import PROBLEM_MEDIA_TYPE, UnsupportedMediaTypeError
+from app.body import read_body
+from app.errors import PROBLEM_MEDIA_TYPE
 from app.json_codec import decode_update_request, encode_update_response
+from app.media import (
+    JSON_MEDIA_TYPE,
+    SAFETENSORS_MEDIA_TYPE,
+    WireFormat,
+    response_format,
+    wire_format,
+)
+from app.payload import UpdatePayload
+from app.safetensors_codec import decode_safetensors, encode_safetensors
 from app.schemas import REFERENCE_EXAMPLE, Problem, UpdateRequest, UpdateResponse
 
 __all__ = ["router"]
 
 router = APIRouter()
-
-_JSON_MEDIA_TYPE = "application/json"
 
 
 def _problem(description: str) -> dict[str, Any]:
@@ -27,12 +35,35 @@ _UPDATE_OPENAPI: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
-            _JSON_MEDIA_TYPE: {
+            JSON_MEDIA_TYPE: {
                 "schema": UpdateRequest.model_json_schema(),
                 "example": REFERENCE_EXAMPLE,
-            }
+            },
+            SAFETENSORS_MEDIA_TYPE: {
+                "schema": {
+                    "type": "string",
+                    "format": "binary",
+                    "description": "A safetensors file with tensors weights, rewards, "
+                    "policy_log_probs, ref_log_probs, log_prob_grads (F32 or F64) and "
+                    "scalar tensors beta and lr.",
+                }
+            },
         },
-    }
+    },
+    "responses": {
+        "200": {
+            "content": {
+                SAFETENSORS_MEDIA_TYPE: {
+                    "schema": {
+                        "type": "string",
+                        "format": "binary",
+                        "description": "Sent when Accept lists application/x-safetensors: "
+                        "tensor weights, and the stats as JSON in __metadata__['stats'].",
+                    }
+                }
+            }
+        }
+    },
 }
 
 
@@ -41,21 +72,22 @@ _UPDATE_OPENAPI: dict[str, Any] = {
     summary="Apply one RLHF policy-gradient update",
     response_model=UpdateResponse,
     responses={
-        400: _problem("The body is empty or not well-formed JSON."),
+        400: _problem("The body is empty, or not well-formed JSON or safetensors."),
         413: _problem("The body is larger than RLHF_MAX_BODY_SIZE."),
-        415: _problem("The Content-Type is not application/json."),
-        422: _problem("The payload breaks the contract, or the update overflows float64."),
+        415: _problem("The Content-Type is neither JSON nor application/x-safetensors."),
+        422: _problem("The payload breaks the contract, or the update overflows."),
     },
     openapi_extra=_UPDATE_OPENAPI,
 )
 async def update(request: Request) -> Response:
     """Return `weights + lr * grad` with grad the KL-penalised policy gradient, and stats."""
     # Reading the body first lets the body limit answer 413 before anything else.
-    body = await request.body()
-    _require_json(request.headers.get("content-type"))
-    # Decoding and the math run in a worker thread, so the event loop keeps serving.
-    answer = await run_in_threadpool(_answer_json, body)
-    return Response(answer, media_type=_JSON_MEDIA_TYPE)
+    body = await read_body(request)
+    request_format = wire_format(request.headers.get("content-type"))
+    answer_format = response_format(request.headers.get("accept"))
+    # Decoding, the math and encoding run in a worker thread, so the event loop keeps serving.
+    answer = await run_in_threadpool(_answer, body, request_format, answer_format)
+    return Response(answer, media_type=_MEDIA_TYPES[answer_format])
 
 
 @router.get("/healthz", summary="Liveness probe")
@@ -64,18 +96,15 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-def _answer_json(body: bytes) -> bytes:
-    return encode_update_response(decode_update_request(body).compute())
+_MEDIA_TYPES: dict[WireFormat, str] = {
+    "json": JSON_MEDIA_TYPE,
+    "safetensors": SAFETENSORS_MEDIA_TYPE,
+}
 
 
-def _require_json(content_type: str | None) -> None:
-    # A missing Content-Type is read as JSON, as FastAPI does for its own bodies.
-    if content_type is None:
-        return
-    media_type = content_type.split(";", 1)[0].strip().lower()
-    if media_type != _JSON_MEDIA_TYPE and not media_type.endswith("+json"):
-        msg = (
-            f"Content-Type {media_type or '(empty)'!r} is not supported; "
-            f"send the body as {_JSON_MEDIA_TYPE}"
-        )
-        raise UnsupportedMediaTypeError(msg)
+def _answer(body: bytearray, request_format: WireFormat, answer_format: WireFormat) -> bytes:
+    payload: UpdatePayload = (
+        decode_update_request(body) if request_format == "json" else decode_safetensors(body)
+    )
+    result = payload.compute()
+    return encode_update_response(result) if answer_format == "json" else encode_safetensors(result)

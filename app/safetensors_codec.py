@@ -1,0 +1,227 @@
+"""Safetensors on the wire: bytes to an `UpdatePayload`, an `UpdateResult` to bytes.
+
+The `safetensors` package parses and validates the header (JSON, dtypes, shapes, offsets
+that cover the data without gaps or overlaps). Its only bytes-level reader,
+`safetensors.numpy.load`, copies every tensor out of the body; for a body of 100 MB that
+doubles the memory of a request. So the header is handed to `safetensors.safe_open` in a
+sparse file as long as the body (its data part never written, so it takes no memory), and
+the tensors are NumPy views on the body at the offsets that validation accepted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import math
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+from numpy.typing import NDArray
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save
+
+from app.core import InputProblem, UpdateResult
+from app.errors import InvalidPayloadError, MalformedSafetensorsError
+from app.payload import UpdatePayload
+
+__all__ = ["decode_safetensors", "encode_safetensors"]
+
+_ARRAYS = {
+    "weights": "(N,)",
+    "rewards": "(B,)",
+    "policy_log_probs": "(B,)",
+    "ref_log_probs": "(B,)",
+    "log_prob_grads": "(B, N)",
+}
+_SCALARS = ("beta", "lr")
+_GROUP_IDS = "group_ids"
+_TENSORS = (*_ARRAYS, *_SCALARS)
+# Little-endian, as the format stores them; the integer ones are for group_ids.
+_FLOATS: dict[str, np.dtype[Any]] = {"F64": np.dtype("<f8"), "F32": np.dtype("<f4")}
+_INTEGERS: dict[str, np.dtype[Any]] = {
+    code: np.dtype(f"<{kind}{size}")
+    for kind, prefix in (("i", "I"), ("u", "U"))
+    for size in (1, 2, 4, 8)
+    for code in (f"{prefix}{8 * size}",)
+}
+# safetensors' own limit on the header; checked before the header is copied.
+_MAX_HEADER_BYTES = 100_000_000
+_LENGTH_BYTES = 8
+
+
+@dataclass(frozen=True, slots=True)
+class _Tensor:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+
+def decode_safetensors(body: bytearray) -> UpdatePayload:
+    """Validate a safetensors request body; the arrays are read-only views on `body`."""
+    tensors, metadata, data_start = _read_header(body)
+    by_name = {tensor.name: tensor for tensor in tensors}
+    problems = [*_name_problems(by_name), *_dtype_problems(by_name)]
+    problems += [
+        InputProblem((name,), f"{name} has shape {by_name[name].shape}; expected a scalar")
+        for name in _SCALARS
+        if name in by_name and by_name[name].shape not in {(), (1,)}
+    ]
+    if problems:
+        raise InvalidPayloadError(problems)
+    views = _views(body, tensors, data_start)
+    _options_from_binary(metadata, views.get(_GROUP_IDS))
+    return UpdatePayload(
+        weights=views["weights"],
+        rewards=views["rewards"],
+        policy_log_probs=views["policy_log_probs"],
+        ref_log_probs=views["ref_log_probs"],
+        log_prob_grads=views["log_prob_grads"],
+        beta=float(views["beta"].reshape(())),
+        lr=float(views["lr"].reshape(())),
+    )
+
+
+def encode_safetensors(result: UpdateResult) -> bytes:
+    """One tensor `weights` in the dtype of the result; the stats as JSON in the metadata."""
+    stats = orjson.dumps(asdict(result.stats)).decode()
+    return save({"weights": result.weights}, metadata={"stats": stats})
+
+
+def _options_from_binary(metadata: dict[str, str], group_ids: NDArray[Any] | None) -> None:
+    """The algorithm options of a binary request: none are accepted yet."""
+    problems = [
+        InputProblem(
+            ("__metadata__", key),
+            f"__metadata__ has the option {_cut(key)!r}; no options are supported",
+        )
+        for key in metadata
+    ]
+    if group_ids is not None:
+        msg = "group_ids is an option; no options are supported"
+        problems.append(InputProblem((_GROUP_IDS,), msg))
+    if problems:
+        raise InvalidPayloadError(problems)
+
+
+def _read_header(body: bytearray) -> tuple[list[_Tensor], dict[str, str], int]:
+    """The tensors in offset order, the metadata, and where the data starts."""
+    size = len(body)
+    if size < _LENGTH_BYTES:
+        msg = (
+            f"malformed safetensors: the body has {size} bytes; a safetensors file starts "
+            f"with an {_LENGTH_BYTES}-byte header length"
+        )
+        raise MalformedSafetensorsError(msg)
+    header_length = int.from_bytes(body[:_LENGTH_BYTES], "little")
+    if header_length > min(size - _LENGTH_BYTES, _MAX_HEADER_BYTES):
+        msg = (
+            f"malformed safetensors: the header length {header_length} runs past the end "
+            f"of the {size}-byte body"
+            if header_length > size - _LENGTH_BYTES
+            else f"malformed safetensors: the header length {header_length} exceeds "
+            f"{_MAX_HEADER_BYTES} bytes"
+        )
+        raise MalformedSafetensorsError(msg)
+    data_start = _LENGTH_BYTES + header_length
+    try:
+        with (
+            _sparse_copy(body[:data_start], size) as path,
+            safe_open(path, framework="numpy") as file,
+        ):
+            metadata: dict[str, str] = file.metadata() or {}
+            tensors = [
+                _Tensor(name, part.get_dtype(), tuple(part.get_shape()))
+                for name in file.offset_keys()
+                for part in (file.get_slice(name),)
+            ]
+    except SafetensorError as exc:
+        msg = f"malformed safetensors: {_cut(str(exc), 300)}"
+        raise MalformedSafetensorsError(msg) from None
+    return tensors, metadata, data_start
+
+
+@contextlib.contextmanager
+def _sparse_copy(header: bytes | bytearray, size: int) -> Iterator[str]:
+    """A path to a file of `size` bytes that holds `header` and, after it, a hole."""
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("safetensors-header", os.MFD_CLOEXEC)
+        try:
+            os.pwrite(fd, header, 0)
+            os.ftruncate(fd, size)
+            yield f"/proc/self/fd/{fd}"
+        finally:
+            os.close(fd)
+    else:  # pragma: no cover - platforms without memfd (macOS): a temporary file instead
+        with tempfile.NamedTemporaryFile() as file:
+            file.write(header)
+            file.truncate(size)
+            file.flush()
+            yield file.name
+
+
+def _name_problems(by_name: dict[str, _Tensor]) -> list[InputProblem]:
+    missing = [
+        InputProblem((name,), f"{name} is missing; expected {_expected_tensor(name)}")
+        for name in _TENSORS
+        if name not in by_name
+    ]
+    unknown = []
+    for name in by_name:
+        if name not in (*_TENSORS, _GROUP_IDS):
+            hint = difflib.get_close_matches(name, _TENSORS, n=1)
+            suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+            unknown.append(
+                InputProblem((name,), f"unknown tensor {_cut(name)!r}{suggestion}; {_expected()}")
+            )
+    return missing + unknown
+
+
+def _dtype_problems(by_name: dict[str, _Tensor]) -> list[InputProblem]:
+    problems = [
+        InputProblem((name,), f"{name} has dtype {tensor.dtype}; expected F32 or F64")
+        for name, tensor in by_name.items()
+        if name in _TENSORS and tensor.dtype not in _FLOATS
+    ]
+    group_ids = by_name.get(_GROUP_IDS)
+    if group_ids is not None and group_ids.dtype not in _INTEGERS:
+        msg = f"group_ids has dtype {group_ids.dtype}; expected an integer dtype (I64, I32, ...)"
+        problems.append(InputProblem((_GROUP_IDS,), msg))
+    return problems
+
+
+def _views(body: bytearray, tensors: list[_Tensor], data_start: int) -> dict[str, NDArray[Any]]:
+    """Read-only views on `body`, one per tensor, laid end to end as validated."""
+    views: dict[str, NDArray[Any]] = {}
+    offset = data_start
+    for tensor in tensors:
+        dtype = _FLOATS.get(tensor.dtype) or _INTEGERS[tensor.dtype]
+        count = math.prod(tensor.shape)
+        view = np.frombuffer(body, dtype=dtype, count=count, offset=offset).reshape(tensor.shape)
+        view.flags.writeable = False
+        views[tensor.name] = view
+        offset += count * dtype.itemsize
+    if offset != len(body):
+        # safetensors promises tensors that cover the data exactly; refuse anything else.
+        msg = "malformed safetensors: the tensors do not cover the data section exactly"
+        raise MalformedSafetensorsError(msg)
+    return views
+
+
+def _expected_tensor(name: str) -> str:
+    if name in _SCALARS:
+        return "a scalar tensor (shape () or (1,)), dtype F32 or F64"
+    return f"a tensor of shape {_ARRAYS[name]}, dtype F32 or F64"
+
+
+def _expected() -> str:
+    return f"expected only tensors {', '.join(_TENSORS)}"
+
+
+def _cut(text: str, limit: int = 40) -> str:
+    """Text from the client, cut short: a message must not echo a megabyte back."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
