@@ -6,13 +6,17 @@ PORT ?= 8000
 # Reinstall when pyproject.toml changes; the stamp records the last install.
 STAMP := $(VENV)/.installed
 
-.PHONY: run test check lint typecheck format clean
+.PHONY: run test bench check lint typecheck format clean
 
 run: $(STAMP)
 	HOST=127.0.0.1 PORT=$(PORT) $(BIN)/python -m app
 
 test: check
 	$(BIN)/python -m pytest
+
+# Service vs baseline vs floor over loopback HTTP; prints a table (a few minutes).
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run
 
 check: lint typecheck
 
