@@ -11,23 +11,27 @@ the tensors are NumPy views on the body at the offsets that validation accepted.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import math
 import os
 import tempfile
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import orjson
 from numpy.typing import NDArray
+from pydantic import ValidationError
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save
 
-from app.core import InputProblem, UpdateResult
+from app.core import InputProblem, UpdateOptions, UpdateResult
 from app.errors import InvalidPayloadError, MalformedSafetensorsError
+from app.json_codec import describe_validation_error, stats_as_dict
 from app.payload import UpdatePayload
+from app.schemas import UpdateOptionsModel
 
 __all__ = ["decode_safetensors", "encode_safetensors"]
 
@@ -41,6 +45,8 @@ _ARRAYS = {
 _SCALARS = ("beta", "lr")
 _GROUP_IDS = "group_ids"
 _TENSORS = (*_ARRAYS, *_SCALARS)
+# Every option but group_ids travels as a string in __metadata__.
+_METADATA_OPTIONS = tuple(name for name in UpdateOptionsModel.model_fields if name != _GROUP_IDS)
 # Little-endian, as the format stores them; the integer ones are for group_ids.
 _FLOATS: dict[str, np.dtype[Any]] = {"F64": np.dtype("<f8"), "F32": np.dtype("<f4")}
 _INTEGERS: dict[str, np.dtype[Any]] = {
@@ -74,7 +80,7 @@ def decode_safetensors(body: bytearray) -> UpdatePayload:
     if problems:
         raise InvalidPayloadError(problems)
     views = _views(body, tensors, data_start)
-    _options_from_binary(metadata, views.get(_GROUP_IDS))
+    options = _options_from_binary(metadata, views.get(_GROUP_IDS))
     return UpdatePayload(
         weights=views["weights"],
         rewards=views["rewards"],
@@ -83,29 +89,45 @@ def decode_safetensors(body: bytearray) -> UpdatePayload:
         log_prob_grads=views["log_prob_grads"],
         beta=float(views["beta"].reshape(())),
         lr=float(views["lr"].reshape(())),
+        options=options,
     )
 
 
 def encode_safetensors(result: UpdateResult) -> bytes:
     """One tensor `weights` in the dtype of the result; the stats as JSON in the metadata."""
-    stats = orjson.dumps(asdict(result.stats)).decode()
+    stats = orjson.dumps(stats_as_dict(result)).decode()
     return save({"weights": result.weights}, metadata={"stats": stats})
 
 
-def _options_from_binary(metadata: dict[str, str], group_ids: NDArray[Any] | None) -> None:
-    """The algorithm options of a binary request: none are accepted yet."""
-    problems = [
-        InputProblem(
-            ("__metadata__", key),
-            f"__metadata__ has the option {_cut(key)!r}; no options are supported",
-        )
-        for key in metadata
-    ]
-    if group_ids is not None:
-        msg = "group_ids is an option; no options are supported"
-        problems.append(InputProblem((_GROUP_IDS,), msg))
+def _options_from_binary(metadata: dict[str, str], group_ids: NDArray[Any] | None) -> UpdateOptions:
+    """The algorithm options: strings in `__metadata__`, and the `group_ids` tensor.
+
+    The strings are validated by the model the JSON path uses, in lax mode, which reads
+    "1.0" as a number and "true" as a boolean.
+    """
+    problems = []
+    for key in metadata:
+        if key not in _METADATA_OPTIONS:
+            hint = difflib.get_close_matches(key, _METADATA_OPTIONS, n=1)
+            suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+            msg = (
+                f"__metadata__ has the unknown key {_cut(key)!r}{suggestion}; expected only "
+                f"the options {', '.join(_METADATA_OPTIONS)}"
+            )
+            if key == _GROUP_IDS:
+                msg = "__metadata__ has group_ids; send it as an integer tensor of shape (B,)"
+            problems.append(InputProblem(("__metadata__", key), msg))
     if problems:
         raise InvalidPayloadError(problems)
+    try:
+        model = UpdateOptionsModel.model_validate(metadata, strict=False)
+    except ValidationError as exc:
+        problems = [describe_validation_error(error) for error in exc.errors(include_url=False)]
+        raise InvalidPayloadError(
+            [InputProblem(("__metadata__", *p.loc), p.msg) for p in problems]
+        ) from None
+    options = model.to_options()
+    return options if group_ids is None else dataclasses.replace(options, group_ids=group_ids)
 
 
 def _read_header(body: bytearray) -> tuple[list[_Tensor], dict[str, str], int]:

@@ -373,13 +373,34 @@ def _with(**changes: NDArray[Any] | None) -> bytes:
             id="inf",
         ),
         pytest.param(
-            save(example_tensors(), metadata={"baseline": "mean"}),
+            save(example_tensors(), metadata={"baseline": "median"}),
             ["__metadata__", "baseline"],
-            "__metadata__ has the option 'baseline'",
-            id="metadata",
+            "baseline is 'median'; expected one of 'none', 'mean'",
+            id="bad-option",
         ),
         pytest.param(
-            _with(group_ids=np.array([0, 1])), ["group_ids"], "group_ids is an option", id="groups"
+            save(example_tensors(), metadata={"max_grad_norm": "-1"}),
+            ["__metadata__", "max_grad_norm"],
+            "max_grad_norm is -1; expected a finite number > 0",
+            id="negative-option",
+        ),
+        pytest.param(
+            save(example_tensors(), metadata={"normalise_advantages": "true"}),
+            ["__metadata__", "normalise_advantages"],
+            "unknown key 'normalise_advantages' (did you mean 'normalize_advantages'?)",
+            id="unknown-option",
+        ),
+        pytest.param(
+            save(example_tensors(), metadata={"group_ids": "[0, 1]"}),
+            ["__metadata__", "group_ids"],
+            "send it as an integer tensor",
+            id="group-ids-in-metadata",
+        ),
+        pytest.param(
+            _with(group_ids=np.array([0, 1, 2])),
+            ["group_ids"],
+            "group_ids has 3 entries; expected 2 integers",
+            id="group-ids-length",
         ),
         pytest.param(
             _with(group_ids=np.array([0.0, 1.0])),
@@ -395,6 +416,37 @@ def test_invalid_safetensors_payload_is_422_naming_the_tensor(
     problem = assert_problem(client.post("/update", content=body, headers=BINARY), 422, phrase)
     assert problem["type"] == "urn:rlhf-update:problem:invalid-payload"
     assert problem["errors"][0]["loc"] == loc
+
+
+def test_options_from_metadata_and_group_ids_match_json(client: TestClient) -> None:
+    rng = np.random.default_rng(11)
+    tensors = random_tensors(rng, 6, 50)
+    group_ids = np.array([3, 3, 7, 7, 7, 1])
+    options = {
+        "baseline": "grpo",
+        "kl_estimator": "low_var_kl",
+        "normalize_advantages": "true",
+        "max_grad_norm": "0.5",
+        "target_kl": "0.01",
+        "kl_horizon": "1000",
+    }
+    binary = client.post(
+        "/update",
+        content=save(tensors | {"group_ids": group_ids}, metadata=options),
+        headers=BINARY,
+    ).json()
+    fields = json.loads(as_json(tensors)) | {
+        "group_ids": group_ids.tolist(),
+        "baseline": "grpo",
+        "kl_estimator": "low_var_kl",
+        "normalize_advantages": True,
+        "max_grad_norm": 0.5,
+        "target_kl": 0.01,
+        "kl_horizon": 1000,
+    }
+    from_json = client.post("/update", json=fields).json()
+    assert "next_beta" in from_json["stats"]
+    assert binary == from_json
 
 
 def test_every_tensor_problem_is_listed(client: TestClient) -> None:
