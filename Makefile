@@ -6,7 +6,9 @@ PORT ?= 8000
 # Reinstall when pyproject.toml changes; the stamp records the last install.
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench check lint typecheck format clean
+SOAK_ARGS ?=
+
+.PHONY: run test bench load soak shutdown check lint typecheck format clean
 
 run: $(STAMP)
 	HOST=127.0.0.1 PORT=$(PORT) $(BIN)/python -m app
@@ -17,6 +19,17 @@ test: check
 # Service vs baseline vs floor over loopback HTTP; prints a table (a few minutes).
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
+
+# Proofs against a live server on loopback; each prints its numbers and fails on a miss.
+load: $(STAMP)
+	$(BIN)/python -m scripts.load
+
+soak: $(STAMP)
+	$(BIN)/python -m scripts.soak $(SOAK_ARGS)
+
+shutdown: $(STAMP)
+	$(BIN)/python -m scripts.shutdown --workers 1
+	$(BIN)/python -m scripts.shutdown --workers 2
 
 check: lint typecheck
 

@@ -1,12 +1,16 @@
 """The one error format: RFC 9457 problem details (application/problem+json).
 
-Exceptions raised anywhere in a request become a problem body here:
+Exceptions raised anywhere in a request become a problem body here; every body carries the
+request's id (the X-Request-ID of the response) as `request_id`:
 
     ProblemError                  raised by the web layer and the decoders
     ├── MalformedBodyError        400: the body is not parseable JSON
     ├── MalformedSafetensorsError 400: the body is not a well-formed safetensors file
+    ├── UnauthorizedError         401: a bearer token is required and was not given
+    ├── TooManyElementsError      413: B*N + B + N is above RLHF_MAX_ELEMENTS
     ├── UnsupportedMediaTypeError 415: the Content-Type is not one we read
-    └── InvalidPayloadError       422: parseable, but the payload breaks the contract
+    ├── InvalidPayloadError       422: parseable, but the payload breaks the contract
+    └── SaturatedError            503: RLHF_MAX_IN_FLIGHT updates are already running
     core.InvalidInputError        422: shapes or values the update cannot take
     core.UpdateOverflowError      422: the update overflows float64 (or float32 weights)
     HTTPException                 404, 405, 413 (body limit), ... from Starlette
@@ -19,6 +23,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from http import HTTPStatus
+from types import MappingProxyType
+from typing import ClassVar
 
 import orjson
 from fastapi import FastAPI, Request
@@ -27,6 +33,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from app.core import InputProblem, InvalidInputError, UpdateError, UpdateOverflowError
+from app.request_context import current_context
+from app.request_id import new_request_id
 
 __all__ = [
     "PROBLEM_MEDIA_TYPE",
@@ -34,6 +42,9 @@ __all__ = [
     "MalformedBodyError",
     "MalformedSafetensorsError",
     "ProblemError",
+    "SaturatedError",
+    "TooManyElementsError",
+    "UnauthorizedError",
     "UnsupportedMediaTypeError",
     "body_too_large_response",
     "install_error_handlers",
@@ -53,6 +64,7 @@ class ProblemError(Exception):
     status = 400
     slug = "bad-request"
     title = "Bad request"
+    headers: ClassVar[Mapping[str, str] | None] = None
 
     def __init__(self, detail: str, problems: Sequence[InputProblem] = ()) -> None:
         super().__init__(detail)
@@ -74,6 +86,32 @@ class MalformedSafetensorsError(ProblemError):
     status = 400
     slug = "malformed-safetensors"
     title = "Malformed safetensors"
+
+
+class UnauthorizedError(ProblemError):
+    """The bearer token is missing, malformed or wrong."""
+
+    status = 401
+    slug = "unauthorized"
+    title = "Unauthorized"
+    headers = MappingProxyType({"WWW-Authenticate": "Bearer"})
+
+
+class TooManyElementsError(ProblemError):
+    """The update is larger than RLHF_MAX_ELEMENTS allows."""
+
+    status = 413
+    slug = "too-many-elements"
+    title = "Content too large"
+
+
+class SaturatedError(ProblemError):
+    """The worker already runs as many updates as it may; the client should retry soon."""
+
+    status = 503
+    slug = "saturated"
+    title = "Service saturated"
+    headers = MappingProxyType({"Retry-After": "1"})
 
 
 class UnsupportedMediaTypeError(ProblemError):
@@ -108,14 +146,21 @@ def problem_response(
     problems: Sequence[InputProblem] = (),
     headers: Mapping[str, str] | None = None,
 ) -> Response:
-    """Render one problem+json response; `slug=None` means a plain HTTP status (about:blank)."""
+    """Render one problem+json response; `slug=None` means a plain HTTP status (about:blank).
+
+    The problem is also noted on the request's context, for its log line and metrics.
+    """
     listed = problems[:MAX_LISTED_PROBLEMS]
+    context = current_context()
+    if context is not None:
+        context.error = slug or title
     body = {
         "type": problem_type(slug) if slug else "about:blank",
         "title": title,
         "status": status,
         "detail": detail,
         "errors": [{"loc": list(p.loc), "msg": p.msg} for p in listed],
+        "request_id": context.request_id if context is not None else new_request_id(),
     }
     return Response(
         orjson.dumps(body), status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE
@@ -131,7 +176,12 @@ def _summary(problems: Sequence[InputProblem]) -> str:
 async def _on_problem(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ProblemError)
     return problem_response(
-        exc.status, slug=exc.slug, title=exc.title, detail=exc.detail, problems=exc.problems
+        exc.status,
+        slug=exc.slug,
+        title=exc.title,
+        detail=exc.detail,
+        problems=exc.problems,
+        headers=exc.headers,
     )
 
 

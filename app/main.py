@@ -5,23 +5,39 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi.params import Depends as DependsParam
 from starlette.types import ASGIApp
 
 from app import __version__
+from app.auth import bearer_token_check
 from app.body_limit import ProblemBodyLimit
+from app.docs import install_offline_docs
 from app.errors import PROBLEM_MEDIA_TYPE, install_error_handlers
-from app.routes import router
+from app.gate import ConcurrencyGate, hold_update_slot
+from app.lifecycle import Lifecycle, lifespan
+from app.metrics import UpdateMetrics
+from app.metrics import router as metrics_router
+from app.probes import router as probes_router
+from app.request_id import RequestIdMiddleware
+from app.routes import problem_doc
+from app.routes import router as update_router
 from app.settings import Settings
+from app.update_observer import UpdateObserver
 
 __all__ = ["app", "create_app"]
 
 
 class _Service(FastAPI):
-    """FastAPI with the body limit's 413 rendered as problem+json (see app.body_limit)."""
+    """FastAPI with the service's outer layers and problem+json documented as such."""
 
     def build_middleware_stack(self) -> ASGIApp:
-        return ProblemBodyLimit(super().build_middleware_stack(), self.state.settings.max_body_size)
+        # Outside in: request id (on every answer), the per-update log line and metrics,
+        # then the body limit's 413 in problem+json (see app.body_limit), then FastAPI.
+        limited = ProblemBodyLimit(
+            super().build_middleware_stack(), self.state.settings.max_body_size
+        )
+        return RequestIdMiddleware(UpdateObserver(limited, self.state.metrics))
 
     def openapi(self) -> dict[str, Any]:
         # FastAPI files a response model under application/json; errors go out as problem+json.
@@ -44,10 +60,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         summary="Applies one KL-penalised policy-gradient (RLHF) update to a weight vector.",
         max_body_size=settings.max_body_size,
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.lifecycle = Lifecycle()
+    app.state.metrics = metrics = UpdateMetrics()
+    app.state.gate = ConcurrencyGate(settings.max_in_flight, on_change=metrics.in_flight.set)
     install_error_handlers(app)
-    app.include_router(router)
+    install_offline_docs(app)
+    app.include_router(probes_router)
+    app.include_router(metrics_router)
+    # The token, when there is one, is checked before a slot of the gate is taken.
+    update_guards: list[DependsParam] = []
+    token = settings.bearer_token()
+    if token is not None:
+        update_guards.append(Depends(bearer_token_check(token)))
+    update_guards.append(Depends(hold_update_slot))
+    app.include_router(
+        update_router,
+        dependencies=update_guards,
+        responses={
+            **({401: problem_doc("The bearer token is missing or wrong.")} if token else {}),
+            503: problem_doc(
+                "RLHF_MAX_IN_FLIGHT updates are running; retry after Retry-After seconds."
+            ),
+        },
+    )
     return app
 
 

@@ -9,7 +9,9 @@ from app.errors import UnsupportedMediaTypeError
 __all__ = [
     "JSON_MEDIA_TYPE",
     "SAFETENSORS_MEDIA_TYPE",
+    "BodyFormat",
     "WireFormat",
+    "body_format",
     "response_format",
     "wire_format",
 ]
@@ -19,12 +21,21 @@ SAFETENSORS_MEDIA_TYPE = "application/x-safetensors"
 _BINARY_MEDIA_TYPES = frozenset({SAFETENSORS_MEDIA_TYPE, "application/octet-stream"})
 
 WireFormat = Literal["json", "safetensors"]
+# "other" is a Content-Type we do not read (answered 415); it keeps metric labels bounded.
+BodyFormat = Literal["json", "safetensors", "other"]
 
 
-def wire_format(content_type: str | None) -> WireFormat:
-    """The format of a request body with this Content-Type; 415 for one we do not read.
+def body_format(content_type: str | None) -> BodyFormat:
+    """Which format a body with this Content-Type is in; a missing header means JSON.
 
     A missing Content-Type is read as JSON, as FastAPI does for its own bodies.
+
+    >>> body_format("application/json; charset=utf-8"), body_format(None)
+    ('json', 'json')
+    >>> body_format("application/vnd.api+json"), body_format("application/octet-stream")
+    ('json', 'safetensors')
+    >>> body_format("text/plain")
+    'other'
     """
     if content_type is None:
         return "json"
@@ -33,6 +44,15 @@ def wire_format(content_type: str | None) -> WireFormat:
         return "json"
     if media_type in _BINARY_MEDIA_TYPES:
         return "safetensors"
+    return "other"
+
+
+def wire_format(content_type: str | None) -> WireFormat:
+    """The format of a request body with this Content-Type; 415 for one we do not read."""
+    kind = body_format(content_type)
+    if kind != "other":
+        return kind
+    media_type = _media_type(content_type or "")
     msg = (
         f"Content-Type {media_type or '(empty)'!r} is not supported; send the body as "
         f"{JSON_MEDIA_TYPE} or {SAFETENSORS_MEDIA_TYPE}"

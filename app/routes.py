@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from app.body import read_body
 from app.errors import PROBLEM_MEDIA_TYPE
 from app.json_codec import decode_update_request, encode_update_response
+from app.limits import check_element_count
 from app.media import (
     JSON_MEDIA_TYPE,
     SAFETENSORS_MEDIA_TYPE,
@@ -19,10 +20,12 @@ from app.media import (
     wire_format,
 )
 from app.payload import UpdatePayload
+from app.request_context import RequestContext, current_context
+from app.request_id import new_request_id
 from app.safetensors_codec import decode_safetensors, encode_safetensors
 from app.schemas import REFERENCE_EXAMPLE, Problem, UpdateRequest, UpdateResponse
 
-__all__ = ["router"]
+__all__ = ["problem_doc", "router"]
 
 router = APIRouter()
 
@@ -31,7 +34,8 @@ router = APIRouter()
 _INLINE_BODY_BYTES = 16 * 1024
 
 
-def _problem(description: str) -> dict[str, Any]:
+def problem_doc(description: str) -> dict[str, Any]:
+    """The OpenAPI entry of an error response (problem+json)."""
     return {"description": description, "model": Problem, "content": {PROBLEM_MEDIA_TYPE: {}}}
 
 
@@ -76,10 +80,12 @@ _UPDATE_OPENAPI: dict[str, Any] = {
     summary="Apply one RLHF policy-gradient update",
     response_model=UpdateResponse,
     responses={
-        400: _problem("The body is empty, or not well-formed JSON or safetensors."),
-        413: _problem("The body is larger than RLHF_MAX_BODY_SIZE."),
-        415: _problem("The Content-Type is neither JSON nor application/x-safetensors."),
-        422: _problem("The payload breaks the contract, or the update overflows."),
+        400: problem_doc("The body is empty, or not well-formed JSON or safetensors."),
+        413: problem_doc(
+            "The body is larger than RLHF_MAX_BODY_SIZE, or B*N + B + N is above RLHF_MAX_ELEMENTS."
+        ),
+        415: problem_doc("The Content-Type is neither JSON nor application/x-safetensors."),
+        422: problem_doc("The payload breaks the contract, or the update overflows."),
     },
     openapi_extra=_UPDATE_OPENAPI,
 )
@@ -89,18 +95,15 @@ async def update(request: Request) -> Response:
     body = await read_body(request)
     request_format = wire_format(request.headers.get("content-type"))
     answer_format = response_format(request.headers.get("accept"))
+    max_elements: int = request.app.state.settings.max_elements
+    context = current_context() or RequestContext(new_request_id())
+    work = (body, request_format, answer_format, max_elements, context)
     if len(body) <= _INLINE_BODY_BYTES:
-        answer = _answer(body, request_format, answer_format)
+        answer = _answer(*work)
     else:
         # Decoding, the math and encoding run in a worker thread, so the loop keeps serving.
-        answer = await run_in_threadpool(_answer, body, request_format, answer_format)
+        answer = await run_in_threadpool(_answer, *work)
     return Response(answer, media_type=_MEDIA_TYPES[answer_format])
-
-
-@router.get("/healthz", summary="Liveness probe")
-async def healthz() -> dict[str, str]:
-    """Answer 200 while the process serves requests."""
-    return {"status": "ok"}
 
 
 _MEDIA_TYPES: dict[WireFormat, str] = {
@@ -109,9 +112,29 @@ _MEDIA_TYPES: dict[WireFormat, str] = {
 }
 
 
-def _answer(body: bytearray, request_format: WireFormat, answer_format: WireFormat) -> bytes:
-    payload: UpdatePayload = (
-        decode_update_request(body) if request_format == "json" else decode_safetensors(body)
-    )
-    result = payload.compute()
-    return encode_update_response(result) if answer_format == "json" else encode_safetensors(result)
+def _answer(
+    body: bytearray,
+    request_format: WireFormat,
+    answer_format: WireFormat,
+    max_elements: int,
+    context: RequestContext,
+) -> bytes:
+    """Decode, check the size, compute and encode one update, timing each stage."""
+    with context.stage("decode"):
+        payload: UpdatePayload = (
+            decode_update_request(body) if request_format == "json" else decode_safetensors(body)
+        )
+    # `size`, not `shape[0]`: a binary body may carry arrays of the wrong rank, which the
+    # core rejects with its own message once this check has passed.
+    batch_size, params = payload.rewards.size, payload.weights.size
+    context.record_shape(batch_size, params)
+    # The binary decoder's arrays are views on the body, so on that path nothing of the
+    # update's size is allocated before this check (JSON arrays are bounded by the body limit).
+    check_element_count(batch_size, params, max_elements)
+    with context.stage("compute"):
+        result = payload.compute()
+    context.kl_mean = result.stats.kl_mean
+    with context.stage("encode"):
+        if answer_format == "json":
+            return encode_update_response(result)
+        return encode_safetensors(result)

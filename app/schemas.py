@@ -172,3 +172,7 @@ class Problem(BaseModel):
     status: int = Field(description="HTTP status code.")
     detail: str = Field(description="What went wrong with this request.")
     errors: list[ErrorItem] = Field(description="Every problem found, field by field.")
+    request_id: str = Field(
+        description="The request's id, as in the X-Request-ID response header; quote it "
+        "when reporting a problem."
+    )

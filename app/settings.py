@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, BeforeValidator, Field
+from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings"]
@@ -15,31 +17,102 @@ LogLevel = Annotated[
 ]
 
 
+def _cpu_count() -> int:
+    """CPUs this process may run on (a container's CPU set, not the host's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _env(name: str) -> AliasChoices:
+    # The variable's name, or the field's own name when a Settings is built in code.
+    return AliasChoices(name, name.removeprefix("RLHF_").lower())
+
+
 class Settings(BaseSettings):
-    """Every knob of the service; see the README's Configuration table."""
+    """Every knob of the service; see the README's Operations section."""
 
     model_config = SettingsConfigDict(populate_by_name=True, frozen=True)
 
     host: str = Field(
         default="127.0.0.1",
-        validation_alias=AliasChoices("HOST", "host"),
+        validation_alias=_env("HOST"),
         description="Interface to bind (0.0.0.0 in the container).",
     )
     port: int = Field(
         default=8000,
         ge=0,
         le=65535,
-        validation_alias=AliasChoices("PORT", "port"),
+        validation_alias=_env("PORT"),
         description="TCP port to listen on.",
+    )
+    web_concurrency: int = Field(
+        default=1,
+        ge=1,
+        validation_alias=_env("WEB_CONCURRENCY"),
+        description="Worker processes; /metrics adds up over all of them.",
     )
     max_body_size: int = Field(
         default=64 * 1024 * 1024,
         gt=0,
-        validation_alias=AliasChoices("RLHF_MAX_BODY_SIZE", "max_body_size"),
+        validation_alias=_env("RLHF_MAX_BODY_SIZE"),
         description="Largest request body in bytes; larger ones get 413 before being read.",
+    )
+    max_elements: int = Field(
+        default=2**27,
+        gt=0,
+        validation_alias=_env("RLHF_MAX_ELEMENTS"),
+        description="Largest B*N + B + N of an update; larger ones get 413.",
+    )
+    max_in_flight: int = Field(
+        default_factory=_cpu_count,
+        ge=1,
+        validation_alias=_env("RLHF_MAX_IN_FLIGHT"),
+        description="Updates served at once per worker; past it /update answers 503.",
+    )
+    shutdown_drain_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        validation_alias=_env("RLHF_SHUTDOWN_DRAIN_SECONDS"),
+        description="After SIGTERM, seconds of serving with /readyz at 503 before shutting down.",
+    )
+    api_token: SecretStr | None = Field(
+        default=None,
+        min_length=1,
+        validation_alias=_env("RLHF_API_TOKEN"),
+        description="Bearer token /update requires; unset: /update is open.",
+    )
+    api_token_file: Path | None = Field(
+        default=None,
+        validation_alias=_env("RLHF_API_TOKEN_FILE"),
+        description="File holding the bearer token (a mounted secret), instead of RLHF_API_TOKEN.",
     )
     log_level: LogLevel = Field(
         default="info",
-        validation_alias=AliasChoices("RLHF_LOG_LEVEL", "log_level"),
+        validation_alias=_env("RLHF_LOG_LEVEL"),
         description="Log level of the service and of uvicorn.",
     )
+
+    @model_validator(mode="after")
+    def _one_readable_token(self) -> Settings:
+        if self.api_token is not None and self.api_token_file is not None:
+            msg = "set RLHF_API_TOKEN or RLHF_API_TOKEN_FILE, not both"
+            raise ValueError(msg)
+        if self.api_token_file is not None:
+            self.bearer_token()  # unreadable or empty: refuse to start
+        return self
+
+    def bearer_token(self) -> str | None:
+        """The token /update requires, from RLHF_API_TOKEN or RLHF_API_TOKEN_FILE; or None."""
+        if self.api_token is not None:
+            return self.api_token.get_secret_value()
+        if self.api_token_file is None:
+            return None
+        try:
+            # A mounted secret usually ends with a newline that is no part of the token.
+            token = self.api_token_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            msg = f"RLHF_API_TOKEN_FILE {str(self.api_token_file)!r} cannot be read ({exc})"
+            raise ValueError(msg) from None
+        if not token:
+            msg = f"RLHF_API_TOKEN_FILE {str(self.api_token_file)!r} is empty"
+            raise ValueError(msg)
+        return token

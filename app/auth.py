@@ -1,0 +1,35 @@
+"""The optional bearer token of /update (RLHF_API_TOKEN or RLHF_API_TOKEN_FILE)."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+from fastapi import Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from app.errors import UnauthorizedError
+
+__all__ = ["bearer_token_check"]
+
+# Declares the scheme in OpenAPI and parses the header; the 401 is ours (problem+json).
+_bearer = HTTPBearer(auto_error=False, description="The token set in RLHF_API_TOKEN.")
+
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]
+
+
+def bearer_token_check(token: str) -> Callable[[Credentials], Awaitable[None]]:
+    """A dependency that lets a request through only with `Authorization: Bearer <token>`."""
+    expected = token.encode()
+
+    async def require_bearer_token(credentials: Credentials) -> None:
+        if credentials is None:
+            msg = "this endpoint needs an 'Authorization: Bearer <token>' header"
+            raise UnauthorizedError(msg)
+        # Constant time, so the comparison does not reveal how much of a guess was right.
+        if not secrets.compare_digest(credentials.credentials.encode(), expected):
+            msg = "the bearer token is not valid"
+            raise UnauthorizedError(msg)
+
+    return require_bearer_token

@@ -1,0 +1,53 @@
+"""Backpressure: at most RLHF_MAX_IN_FLIGHT updates at once per worker, 503 past that.
+
+No queue: a request over the cap is answered at once with 503 and Retry-After, so a busy
+worker never builds up unbounded work, and the probes, which do not pass the gate, keep
+answering. Everything here runs on the event loop, so a plain counter needs no lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+from fastapi import Request
+
+from app.errors import SaturatedError
+
+__all__ = ["ConcurrencyGate", "hold_update_slot"]
+
+
+class ConcurrencyGate:
+    """A counter of updates in flight with a hard cap; `on_change` sees every new count."""
+
+    def __init__(self, limit: int, on_change: Callable[[int], None] = lambda _: None) -> None:
+        self.limit = limit
+        self.in_flight = 0
+        self._on_change = on_change
+
+    def try_enter(self) -> bool:
+        """Take a slot if one is free."""
+        if self.in_flight >= self.limit:
+            return False
+        self.in_flight += 1
+        self._on_change(self.in_flight)
+        return True
+
+    def leave(self) -> None:
+        """Give a slot back."""
+        self.in_flight -= 1
+        self._on_change(self.in_flight)
+
+
+async def hold_update_slot(request: Request) -> AsyncIterator[None]:
+    """Dependency of /update: hold a slot of the app's gate for the whole request."""
+    gate: ConcurrencyGate = request.app.state.gate
+    if not gate.try_enter():
+        msg = (
+            f"this worker is already serving {gate.limit} updates (RLHF_MAX_IN_FLIGHT); "
+            "retry after the delay in Retry-After"
+        )
+        raise SaturatedError(msg)
+    try:
+        yield
+    finally:
+        gate.leave()

@@ -1,0 +1,124 @@
+"""Prometheus metrics of /update, and `GET /metrics` to scrape them (prometheus-client).
+
+With several worker processes, prometheus-client's multiprocess mode is on when
+PROMETHEUS_MULTIPROC_DIR is set (`python -m app` sets and empties it before starting
+workers): each worker writes its samples there and `/metrics` adds them up over all of them.
+"""
+
+from __future__ import annotations
+
+import os
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    multiprocess,
+)
+from prometheus_client.exposition import choose_encoder
+
+__all__ = ["REJECTION_REASONS", "UpdateMetrics", "multiprocess_dir", "router"]
+
+REJECTION_REASONS = ("too_large", "saturated", "unauthorized", "invalid")
+
+_DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_BYTES_BUCKETS = tuple(float(4**k) for k in range(5, 16))  # 1 KiB to 1 GiB
+_PARAMS_BUCKETS = tuple(float(10**k) for k in range(10))  # 1 to 1e9
+_BATCH_BUCKETS = tuple(float(4**k) for k in range(10))  # 1 to 262144
+_KL_BUCKETS = (-1, -0.1, -0.01, 0, 0.001, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10)
+
+
+def multiprocess_dir() -> str | None:
+    """prometheus-client's own switch for multiprocess mode, read as it reads it."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class UpdateMetrics:
+    """The metrics of one app, in a registry of its own."""
+
+    def __init__(self) -> None:
+        # No `_created` series: multiprocess mode has none, so one worker scrapes like many.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
+        self.registry = CollectorRegistry()
+        registry = self.registry
+        self.requests = Counter(
+            "rlhf_update_requests",
+            "POST /update requests answered, by status code and wire format.",
+            ["status", "format"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "rlhf_update_duration_seconds",
+            "Time from receiving a POST /update to the end of its answer.",
+            buckets=_DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.stage_duration = Histogram(
+            "rlhf_update_stage_duration_seconds",
+            "Time spent in each stage of an update: decode, compute, encode.",
+            ["stage"],
+            buckets=_DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.request_bytes = Histogram(
+            "rlhf_update_request_bytes",
+            "Size of the request bodies read.",
+            buckets=_BYTES_BUCKETS,
+            registry=registry,
+        )
+        self.params = Histogram(
+            "rlhf_update_params",
+            "N, the number of weights of an update.",
+            buckets=_PARAMS_BUCKETS,
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "rlhf_update_batch_size",
+            "B, the number of samples of an update.",
+            buckets=_BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "rlhf_update_in_flight",
+            "Updates being served now (summed over live workers).",
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+        self.rejected = Counter(
+            "rlhf_update_rejected",
+            "POST /update requests refused, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.kl_mean = Histogram(
+            "rlhf_update_kl_mean",
+            "kl_mean of the computed updates, from their own stats.",
+            buckets=_KL_BUCKETS,
+            registry=registry,
+        )
+        for reason in REJECTION_REASONS:
+            self.rejected.labels(reason)  # every reason is scraped, at 0 until it occurs
+
+    def exposition(self, accept: str | None) -> tuple[bytes, str]:
+        """The scrape body and its Content-Type, as the Accept header asks."""
+        registry = self.registry
+        if (directory := multiprocess_dir()) is not None:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+        encode, content_type = choose_encoder(accept or "")
+        return encode(registry), content_type
+
+
+router = APIRouter()
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    """Prometheus text format (OpenMetrics when the Accept header asks for it)."""
+    update_metrics: UpdateMetrics = request.app.state.metrics
+    body, content_type = update_metrics.exposition(request.headers.get("accept"))
+    return Response(body, headers={"Content-Type": content_type})

@@ -1,0 +1,61 @@
+"""What one request has told about itself so far: its id and, for /update, its numbers.
+
+The outermost middleware opens a `RequestContext` per request; the handler, the codecs and
+the error handlers fill it in through `current_context()`, and the update observer turns it
+into metrics and the request's log line. A context variable carries it into worker threads.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+__all__ = ["RequestContext", "current_context", "open_context"]
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """One request's id, and the facts of an update as they become known."""
+
+    request_id: str
+    batch_size: int | None = None
+    params: int | None = None
+    kl_mean: float | None = None
+    # The problem type of an error answer (its slug, or the HTTP phrase for plain statuses).
+    error: str | None = None
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    def record_shape(self, batch_size: int, params: int) -> None:
+        """Note B and N once the body has been decoded."""
+        self.batch_size, self.params = batch_size, params
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time a stage of the update (decode, compute, encode), even when it fails."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stage_seconds[name] = time.perf_counter() - start
+
+
+_current: ContextVar[RequestContext | None] = ContextVar("request_context", default=None)
+
+
+def current_context() -> RequestContext | None:
+    """The context of the request being served, or None outside a request."""
+    return _current.get()
+
+
+@contextmanager
+def open_context(request_id: str) -> Iterator[RequestContext]:
+    """Make a fresh context current for the duration of one request."""
+    context = RequestContext(request_id)
+    token = _current.set(context)
+    try:
+        yield context
+    finally:
+        _current.reset(token)

@@ -1,0 +1,121 @@
+"""One log line and one set of metrics per POST /update, whatever its outcome.
+
+Wraps the app outside the body limit, so a 413 refused before the body was read is seen
+too. The line holds numbers only: never weights, gradients, bodies or headers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.media import body_format
+from app.metrics import UpdateMetrics
+from app.request_context import RequestContext, current_context
+
+__all__ = ["UpdateObserver", "rejection_reason"]
+
+logger = logging.getLogger("app.update")
+
+
+def rejection_reason(status: int, error: str | None) -> str | None:
+    """The `reason` label of rlhf_update_rejected_total for this answer, or None."""
+    if status == 401:
+        return "unauthorized"
+    if status == 413:
+        return "too_large"
+    if status == 503:
+        return "saturated"
+    # A client that hangs up was not refused; it left.
+    if status in {400, 415, 422} and error != "client-disconnected":
+        return "invalid"
+    return None
+
+
+class UpdateObserver:
+    """Measure every POST /update: status, format, sizes, shape, timings, kl_mean."""
+
+    def __init__(self, app: ASGIApp, metrics: UpdateMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        context = current_context()
+        if (
+            context is None
+            or scope["type"] != "http"
+            or scope["method"] != "POST"
+            or scope["path"] != "/update"
+        ):
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500  # unless the app answers otherwise
+        body_bytes = 0
+
+        async def counting_receive() -> Message:
+            nonlocal body_bytes
+            message = await receive()
+            if message["type"] == "http.request":
+                body_bytes += len(message.get("body", b""))
+            return message
+
+        async def status_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, status_send)
+        finally:
+            self._record(
+                context,
+                status=status,
+                body_format=body_format(Headers(scope=scope).get("content-type")),
+                body_bytes=body_bytes,
+                duration=time.perf_counter() - start,
+            )
+
+    def _record(
+        self,
+        context: RequestContext,
+        *,
+        status: int,
+        body_format: str,
+        body_bytes: int,
+        duration: float,
+    ) -> None:
+        metrics = self.metrics
+        metrics.requests.labels(status=str(status), format=body_format).inc()
+        metrics.duration.observe(duration)
+        metrics.request_bytes.observe(body_bytes)
+        if (reason := rejection_reason(status, context.error)) is not None:
+            metrics.rejected.labels(reason).inc()
+        if context.batch_size is not None and context.params is not None:
+            metrics.batch_size.observe(context.batch_size)
+            metrics.params.observe(context.params)
+        for stage, seconds in context.stage_seconds.items():
+            metrics.stage_duration.labels(stage).observe(seconds)
+        if context.kl_mean is not None:
+            metrics.kl_mean.observe(context.kl_mean)
+
+        line: dict[str, Any] = {
+            "request_id": context.request_id,
+            "status": status,
+            "format": body_format,
+            "body_bytes": body_bytes,
+            "B": context.batch_size,
+            "N": context.params,
+            "duration_s": round(duration, 6),
+        }
+        line.update({f"{stage}_s": round(s, 6) for stage, s in context.stage_seconds.items()})
+        if context.kl_mean is not None:
+            line["kl_mean"] = context.kl_mean
+        if context.error is not None:
+            line["error"] = context.error
+        logger.log(logging.ERROR if status >= 500 else logging.INFO, "update", extra=line)

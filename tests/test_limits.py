@@ -1,0 +1,70 @@
+"""RLHF_MAX_ELEMENTS: B*N + B + N above the cap is 413, naming both numbers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from safetensors.numpy import save
+
+from app.errors import TooManyElementsError
+from app.limits import check_element_count, element_count
+from app.main import create_app
+from app.settings import Settings
+from tests.test_safetensors_api import BINARY, example_tensors
+
+
+def test_element_count_is_grads_plus_vectors() -> None:
+    assert element_count(1, 1) == 3
+    assert element_count(4, 10) == 54
+
+
+def test_check_passes_at_the_limit_and_fails_above() -> None:
+    check_element_count(2, 2, 8)
+    with pytest.raises(TooManyElementsError, match=r"= 11 elements \(B = 2, N = 3\).* limit is 8"):
+        check_element_count(2, 3, 8)
+
+
+def test_update_above_the_element_limit_is_413(example: dict[str, Any]) -> None:
+    # The reference example has B = 2, N = 2: 2*2 + 2 + 2 = 8 elements.
+    with TestClient(create_app(Settings(max_elements=7))) as client:
+        response = client.post("/update", json=example)
+    assert response.status_code == 413
+    assert response.headers["content-type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["type"] == "urn:rlhf-update:problem:too-many-elements"
+    assert "8 elements" in problem["detail"]
+    assert "limit is 7" in problem["detail"]
+    assert "RLHF_MAX_ELEMENTS" in problem["detail"]
+
+
+def test_update_at_the_element_limit_is_served(example: dict[str, Any]) -> None:
+    with TestClient(create_app(Settings(max_elements=8))) as client:
+        assert client.post("/update", json=example).status_code == 200
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_binary_update_above_the_element_limit_is_413(dtype: type[np.floating[Any]]) -> None:
+    with TestClient(create_app(Settings(max_elements=7))) as client:
+        response = client.post("/update", content=save(example_tensors(dtype)), headers=BINARY)
+    assert response.status_code == 413
+    problem = response.json()
+    assert problem["type"] == "urn:rlhf-update:problem:too-many-elements"
+    assert "= 8 elements (B = 2, N = 2)" in problem["detail"]
+    assert "limit is 7" in problem["detail"]
+
+
+def test_binary_arrays_of_the_wrong_rank_are_counted_then_refused_by_the_core() -> None:
+    # rewards as a scalar: counted by size, then the core names the rank problem (not a 500).
+    tensors = example_tensors() | {"rewards": np.array(1.0)}
+    with TestClient(create_app(Settings(max_elements=8))) as client:
+        response = client.post("/update", content=save(tensors), headers=BINARY)
+    assert response.status_code == 422
+    assert ["rewards"] in [error["loc"] for error in response.json()["errors"]]
+
+
+def test_default_limit_is_two_to_the_27(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RLHF_MAX_ELEMENTS", raising=False)
+    assert Settings().max_elements == 2**27
