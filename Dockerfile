@@ -4,6 +4,7 @@ RUN python -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY app ./app
+COPY rlhf_client ./rlhf_client
 RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check .
 
 # Runtime stage: the virtualenv only, run as an unprivileged user.

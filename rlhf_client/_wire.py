@@ -1,0 +1,272 @@
+"""The one place that speaks the wire format, shared by `Client` and `AsyncClient`.
+
+Requests: arrays checked locally, then encoded as JSON or as one safetensors file.
+Responses: decoded to an `UpdateResult`, or mapped to the exception of their status.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any, Literal
+
+import httpx2
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from rlhf_client._errors import APIResponseError, status_error_class
+from rlhf_client._models import UpdateResult, UpdateStats
+
+__all__ = [
+    "JSON_MEDIA_TYPE",
+    "SAFETENSORS_MEDIA_TYPE",
+    "PreparedUpdate",
+    "TransportName",
+    "check_update_arrays",
+    "decode_json_object",
+    "decode_update_response",
+    "encode_update",
+    "has_safetensors",
+    "raise_for_status",
+    "request_id_of",
+]
+
+JSON_MEDIA_TYPE = "application/json"
+SAFETENSORS_MEDIA_TYPE = "application/x-safetensors"
+REQUEST_ID_HEADER = "X-Request-ID"
+
+TransportName = Literal["auto", "json", "safetensors"]
+OptionValue = str | bool | int | float | Sequence[int] | NDArray[np.integer[Any]]
+
+_ARRAYS = ("weights", "rewards", "policy_log_probs", "ref_log_probs", "log_prob_grads")
+
+
+def has_safetensors() -> bool:
+    """Whether the optional safetensors package (the `[binary]` extra) is installed."""
+    return importlib.util.find_spec("safetensors") is not None
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedUpdate:
+    """One /update request body, ready to send, and what decoding its answer needs."""
+
+    content: bytes
+    headers: dict[str, str]
+    weights_dtype: np.dtype[Any]
+    binary: bool
+
+
+def check_update_arrays(arrays: Sequence[ArrayLike]) -> dict[str, NDArray[np.floating[Any]]]:
+    """The five arrays by name, as float32 or float64, after the shape and finiteness checks."""
+    named = {
+        name: _as_float_array(name, array) for name, array in zip(_ARRAYS, arrays, strict=True)
+    }
+    _check_shapes(named)
+    return named
+
+
+def encode_update(
+    arrays: Mapping[str, NDArray[np.floating[Any]]],
+    *,
+    beta: float,
+    lr: float,
+    options: Mapping[str, Any],
+    binary: bool,
+) -> PreparedUpdate:
+    """Encode checked arrays, the scalars and the options as one safetensors file or JSON."""
+    scalars = {"beta": _as_scalar("beta", beta), "lr": _as_scalar("lr", lr)}
+    batch = len(arrays["rewards"])
+    opts = {name: _as_option(name, value, batch) for name, value in options.items()}
+    if binary:
+        content = _encode_safetensors(arrays, scalars, opts)
+        headers = {
+            "Content-Type": SAFETENSORS_MEDIA_TYPE,
+            "Accept": f"{SAFETENSORS_MEDIA_TYPE}, {JSON_MEDIA_TYPE};q=0.5",
+        }
+    else:
+        content = _encode_json(arrays, scalars, opts)
+        headers = {"Content-Type": JSON_MEDIA_TYPE, "Accept": JSON_MEDIA_TYPE}
+    return PreparedUpdate(content, headers, arrays["weights"].dtype, binary)
+
+
+def decode_update_response(response: httpx2.Response, weights_dtype: np.dtype[Any]) -> UpdateResult:
+    """The result of a 200 answer, weights cast back to the dtype that was sent."""
+    raise_for_status(response)
+    media_type = _media_type(response)
+    try:
+        if media_type == SAFETENSORS_MEDIA_TYPE:
+            weights, stats = _decode_safetensors(response.content)
+        else:
+            body = decode_json_object(response)
+            weights = np.asarray(body["weights"], dtype=np.float64)
+            stats = body["stats"]
+        if weights.ndim != 1 or not isinstance(stats, Mapping):
+            msg = "expected 1-d weights and a stats object"
+            raise ValueError(msg)
+        parsed = UpdateStats.from_dict(stats)
+    except (KeyError, TypeError, ValueError) as exc:
+        msg = f"unreadable /update answer ({media_type or 'no Content-Type'}): {exc}"
+        raise APIResponseError(msg, response) from exc
+    return UpdateResult(weights.astype(weights_dtype, copy=False), parsed, request_id_of(response))
+
+
+def decode_json_object(response: httpx2.Response) -> dict[str, Any]:
+    """The body as a JSON object; ValueError if it is not one."""
+    body = json.loads(response.content)
+    if not isinstance(body, dict):
+        msg = f"expected a JSON object, got {type(body).__name__}"
+        raise ValueError(msg)
+    return body
+
+
+def raise_for_status(response: httpx2.Response) -> None:
+    """Raise the `APIStatusError` subclass of an error answer; any body, JSON or not, will do."""
+    if response.is_success:
+        return
+    response.read()
+    try:
+        problem = decode_json_object(response)
+    except ValueError:
+        problem = {}
+    if not problem:
+        # A proxy's HTML page or an empty body: keep the status, and the text as detail.
+        text = response.text.strip()
+        problem = {
+            "type": "about:blank",
+            "title": _reason(response.status_code),
+            "status": response.status_code,
+            "detail": text[:500],
+            "errors": [],
+        }
+    request_id = request_id_of(response) or _str_or_none(problem.get("request_id"))
+    raise status_error_class(response.status_code)(response, problem, request_id)
+
+
+def request_id_of(response: httpx2.Response) -> str | None:
+    """The X-Request-ID the server answered with, if any."""
+    return response.headers.get(REQUEST_ID_HEADER)
+
+
+def _as_float_array(name: str, value: ArrayLike) -> NDArray[np.floating[Any]]:
+    try:
+        array = np.asarray(value)
+    except ValueError as exc:  # ragged nested lists
+        msg = f"{name} must be a rectangular array of numbers ({exc})"
+        raise ValueError(msg) from None
+    if array.dtype.kind not in "iuf":
+        msg = f"{name} must hold real numbers, not {array.dtype}"
+        raise ValueError(msg)
+    # float32 travels as float32 (and comes back so); everything else as float64.
+    if array.dtype != np.float32:
+        array = array.astype(np.float64)
+    if not np.isfinite(array).all():
+        bad = tuple(np.argwhere(~np.isfinite(array))[0])
+        where = "".join(f"[{i}]" for i in bad)
+        msg = f"{name}{where} is {array[bad]}; expected finite numbers"
+        raise ValueError(msg)
+    return array
+
+
+def _as_scalar(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        msg = f"{name} must be a number, not {type(value).__name__}"
+        raise ValueError(msg)
+    number = float(value)
+    if not math.isfinite(number):
+        msg = f"{name} is {number}; expected a finite number"
+        raise ValueError(msg)
+    return number
+
+
+def _check_shapes(arrays: Mapping[str, NDArray[Any]]) -> None:
+    weights, rewards, grads = arrays["weights"], arrays["rewards"], arrays["log_prob_grads"]
+    if weights.ndim != 1 or weights.size == 0:
+        msg = f"weights has shape {weights.shape}; expected (N,) with N >= 1"
+        raise ValueError(msg)
+    if rewards.ndim != 1 or rewards.size == 0:
+        msg = f"rewards has shape {rewards.shape}; expected (B,) with B >= 1"
+        raise ValueError(msg)
+    b, n = len(rewards), len(weights)
+    for name in ("policy_log_probs", "ref_log_probs"):
+        if arrays[name].shape != (b,):
+            msg = f"{name} has shape {arrays[name].shape}; expected ({b},) (= len(rewards))"
+            raise ValueError(msg)
+    if grads.shape != (b, n):
+        msg = (
+            f"log_prob_grads has shape {grads.shape}; expected ({b}, {n}) "
+            "(= (len(rewards), len(weights)))"
+        )
+        raise ValueError(msg)
+
+
+def _as_option(name: str, value: Any, batch: int) -> Any:
+    """An option as JSON would carry it: group_ids an int64 array of shape (B,), else a scalar."""
+    if name == "group_ids":
+        ids = np.asarray(value)
+        if ids.shape != (batch,) or ids.dtype.kind not in "iu":
+            msg = (
+                f"group_ids must be {batch} integers (= len(rewards)), got {ids.dtype} {ids.shape}"
+            )
+            raise ValueError(msg)
+        return ids.astype(np.int64)
+    if isinstance(value, np.generic):
+        value = value.item()
+    if not isinstance(value, str | bool | int | float):
+        msg = f"option {name} must be a string, number or boolean, not {type(value).__name__}"
+        raise ValueError(msg)
+    return value
+
+
+def _encode_json(
+    arrays: Mapping[str, NDArray[Any]], scalars: Mapping[str, float], options: Mapping[str, Any]
+) -> bytes:
+    body: dict[str, Any] = {name: a.astype(np.float64).tolist() for name, a in arrays.items()}
+    body.update(scalars)
+    for name, value in options.items():
+        body[name] = value.tolist() if isinstance(value, np.ndarray) else value
+    # float32 values widen exactly; repr of a float64 is its shortest round trip.
+    return json.dumps(body, allow_nan=False, separators=(",", ":")).encode()
+
+
+def _encode_safetensors(
+    arrays: Mapping[str, NDArray[Any]], scalars: Mapping[str, float], options: Mapping[str, Any]
+) -> bytes:
+    from safetensors.numpy import save
+
+    tensors = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
+    tensors.update({name: np.asarray(v, dtype=np.float64) for name, v in scalars.items()})
+    metadata: dict[str, str] = {}
+    for name, value in options.items():
+        if isinstance(value, np.ndarray):
+            tensors[name] = value
+        else:
+            metadata[name] = value if isinstance(value, str) else json.dumps(value)
+    return save(tensors, metadata=metadata or None)
+
+
+def _decode_safetensors(data: bytes) -> tuple[NDArray[Any], Mapping[str, Any]]:
+    from safetensors.numpy import load
+
+    header_size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + header_size])
+    stats = json.loads(header.get("__metadata__", {})["stats"])
+    return np.array(load(data)["weights"]), stats
+
+
+def _media_type(response: httpx2.Response) -> str:
+    return response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def _reason(status_code: int) -> str:
+    try:
+        return HTTPStatus(status_code).phrase
+    except ValueError:
+        return f"HTTP {status_code}"
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
