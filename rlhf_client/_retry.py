@@ -10,6 +10,7 @@ from __future__ import annotations
 import email.utils
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx2
@@ -25,12 +26,14 @@ _RETRYABLE_ERRORS = (httpx2.TimeoutException, httpx2.NetworkError, httpx2.Remote
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """Up to `max_retries` more tries, waiting `initial_delay * 2**attempt` scaled by a jitter
-    factor in [0.5, 1], capped at `max_delay`; a server's Retry-After wins, up to `max_delay`."""
+    """Up to `max_retries` more tries, waiting `initial_delay * 2**attempt` (at most
+    `max_delay`) scaled by `0.5 + 0.5 * jitter()`, a factor in [0.5, 1]; a server's
+    Retry-After wins, up to `max_delay`."""
 
     max_retries: int = 2
     initial_delay: float = 0.5
     max_delay: float = 30.0
+    jitter: Callable[[], float] = random.random
 
     def retry_after_response(self, attempt: int, response: httpx2.Response) -> float | None:
         """Seconds to wait before trying again after `response`, or None if it is final."""
@@ -55,7 +58,7 @@ class RetryPolicy:
     def _backoff(self, attempt: int) -> float:
         delay = min(self.initial_delay * 2.0**attempt, self.max_delay)
         # Jitter spreads the retries of many clients that failed at the same moment.
-        return delay * (0.5 + 0.5 * random.random())
+        return delay * (0.5 + 0.5 * self.jitter())
 
 
 def _parse_retry_after(value: str | None) -> float | None:

@@ -32,6 +32,7 @@ __all__ = [
     "encode_update",
     "has_safetensors",
     "raise_for_status",
+    "read_safetensors_metadata",
     "request_id_of",
 ]
 
@@ -80,7 +81,10 @@ def encode_update(
     """Encode checked arrays, the scalars and the options as one safetensors file or JSON."""
     scalars = {"beta": _as_scalar("beta", beta), "lr": _as_scalar("lr", lr)}
     batch = len(arrays["rewards"])
-    opts = {name: _as_option(name, value, batch) for name, value in options.items()}
+    # None means "not set", as null does in JSON.
+    opts = {
+        name: _as_option(name, value, batch) for name, value in options.items() if value is not None
+    }
     if binary:
         content = _encode_safetensors(arrays, scalars, opts)
         headers = {
@@ -251,10 +255,16 @@ def _encode_safetensors(
 def _decode_safetensors(data: bytes) -> tuple[NDArray[Any], Mapping[str, Any]]:
     from safetensors.numpy import load
 
-    header_size = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8 : 8 + header_size])
-    stats = json.loads(header.get("__metadata__", {})["stats"])
+    stats = json.loads(read_safetensors_metadata(data)["stats"])
     return np.array(load(data)["weights"]), stats
+
+
+def read_safetensors_metadata(data: bytes) -> dict[str, str]:
+    """The `__metadata__` of a safetensors file: an 8-byte little-endian header size, then
+    the JSON header."""
+    header_size = int.from_bytes(data[:8], "little")
+    metadata = json.loads(data[8 : 8 + header_size]).get("__metadata__") or {}
+    return {str(k): str(v) for k, v in metadata.items()}
 
 
 def _media_type(response: httpx2.Response) -> str:
