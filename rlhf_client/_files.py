@@ -1,0 +1,158 @@
+"""Batch files for the CLI: the five arrays (and beta, lr, options) in, the weights out.
+
+Formats by suffix: `.npz`, `.safetensors`, `.json`, and `-` for JSON on stdin or stdout. An
+input holds the arrays under their /update names; `beta` and `lr` as 0-d entries; any other
+entry is an algorithm option (`group_ids` as an integer array; in a safetensors file the
+others as `__metadata__` strings, exactly as the service's binary request carries them).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from rlhf_client._wire import read_safetensors_metadata
+
+__all__ = [
+    "ARRAY_NAMES",
+    "Batch",
+    "BatchFileError",
+    "parse_option_value",
+    "read_batch",
+    "write_weights",
+]
+
+ARRAY_NAMES = ("weights", "rewards", "policy_log_probs", "ref_log_probs", "log_prob_grads")
+SUFFIXES = (".npz", ".safetensors", ".json")
+
+
+class BatchFileError(ValueError):
+    """A batch file that cannot be read or written as asked."""
+
+
+@dataclass
+class Batch:
+    """What an input file holds."""
+
+    arrays: dict[str, NDArray[Any]]
+    beta: float | None = None
+    lr: float | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_option_value(text: str) -> Any:
+    """A JSON value (`1.0`, `true`, `[0, 0, 1]`), else the text itself (`mean`)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def read_batch(path: str) -> Batch:
+    """Read a batch from `path` (`-` is JSON on stdin)."""
+    if path == "-":
+        return _from_mapping(_parse_json(sys.stdin.buffer.read(), "stdin"), "stdin")
+    suffix = _suffix(path)
+    try:
+        if suffix == ".json":
+            return _from_mapping(_parse_json(Path(path).read_bytes(), path), path)
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as npz:
+                return _from_mapping({name: npz[name] for name in npz.files}, path)
+        from safetensors import SafetensorError
+        from safetensors.numpy import load
+
+        data = Path(path).read_bytes()
+        try:
+            entries: dict[str, Any] = dict(load(data))
+        except SafetensorError as exc:
+            msg = f"{path}: not a safetensors file ({exc})"
+            raise BatchFileError(msg) from None
+        metadata = read_safetensors_metadata(data)
+        entries.update({k: parse_option_value(v) for k, v in metadata.items()})
+        return _from_mapping(entries, path)
+    except OSError as exc:
+        msg = f"cannot read {path}: {exc.strerror or exc}"
+        raise BatchFileError(msg) from None
+    except ValueError as exc:  # np.load of a corrupt archive
+        msg = f"{path}: {exc}"
+        raise BatchFileError(msg) from None
+
+
+def write_weights(path: str, weights: NDArray[Any]) -> None:
+    """Write `{"weights": ...}` to `path` (`-` is JSON on stdout)."""
+    if path == "-":
+        sys.stdout.write(json.dumps({"weights": weights.tolist()}) + "\n")
+        return
+    suffix = _suffix(path)
+    try:
+        if suffix == ".json":
+            Path(path).write_text(json.dumps({"weights": weights.tolist()}) + "\n")
+        elif suffix == ".npz":
+            with Path(path).open("wb") as file:  # np.savez would append ".npz" to other names
+                np.savez(file, weights=weights)
+        else:
+            from safetensors.numpy import save_file
+
+            save_file({"weights": np.ascontiguousarray(weights)}, path)
+    except OSError as exc:
+        msg = f"cannot write {path}: {exc.strerror or exc}"
+        raise BatchFileError(msg) from None
+
+
+def _suffix(path: str) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in SUFFIXES:
+        expected = "expected .npz, .safetensors, .json or -"
+        msg = f"{path}: unknown format {suffix or '(no suffix)'}; {expected}"
+        raise BatchFileError(msg)
+    if suffix == ".safetensors":
+        try:
+            import safetensors  # noqa: F401
+        except ImportError:
+            msg = f"{path}: .safetensors files need safetensors: pip install 'rlhf-update[binary]'"
+            raise BatchFileError(msg) from None
+    return suffix
+
+
+def _parse_json(data: bytes, source: str) -> dict[str, Any]:
+    try:
+        body = json.loads(data)
+    except ValueError as exc:
+        msg = f"{source}: not valid JSON ({exc})"
+        raise BatchFileError(msg) from None
+    if not isinstance(body, dict):
+        msg = f"{source}: expected a JSON object with the fields of an /update request"
+        raise BatchFileError(msg)
+    return body
+
+
+def _from_mapping(entries: dict[str, Any], source: str) -> Batch:
+    missing = [name for name in ARRAY_NAMES if name not in entries]
+    if missing:
+        msg = f"{source} has no {', '.join(missing)}; expected the arrays {', '.join(ARRAY_NAMES)}"
+        raise BatchFileError(msg)
+    batch = Batch({name: np.asarray(entries.pop(name)) for name in ARRAY_NAMES})
+    batch.beta = _scalar(entries.pop("beta", None), "beta", source)
+    batch.lr = _scalar(entries.pop("lr", None), "lr", source)
+    for name, value in entries.items():
+        if isinstance(value, np.ndarray):
+            value = value.item() if value.ndim == 0 else value
+        batch.options[name] = value
+    return batch
+
+
+def _scalar(value: Any, name: str, source: str) -> float | None:
+    if value is None:
+        return None
+    array = np.asarray(value)
+    if array.size != 1 or array.dtype.kind not in "iuf":
+        msg = f"{source}: {name} must be one number, got {array.dtype} of shape {array.shape}"
+        raise BatchFileError(msg)
+    return float(array.reshape(()))
