@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 SOAK_ARGS ?=
 
-.PHONY: run test bench load soak shutdown check lint typecheck format clean
+.PHONY: run test bench load soak shutdown demo check lint typecheck format clean
 
 run: $(STAMP)
 	HOST=127.0.0.1 PORT=$(PORT) $(BIN)/python -m app
@@ -51,3 +51,8 @@ $(STAMP): pyproject.toml
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis
+
+# The end-to-end demo against the service in this process: docs/demo.png and docs/demo.csv.
+demo: $(STAMP)
+	mkdir -p docs
+	$(BIN)/rlhf-update demo --in-process --png docs/demo.png --csv docs/demo.csv
