@@ -63,9 +63,10 @@ def summarize(records: Sequence[StepRecord]) -> str:
     lines = [f"{'run':<36} {'reward':>7} {'optimum':>8} {'KL':>7} {'optimum':>8}"]
     for config, curves in _by_run(records).items():
         last = {name: curve[-1] for name, curve in curves.items()}
+        best_kl = f"{last['optimal_kl']:8.3f}" if math.isfinite(last["optimal_kl"]) else "       -"
         lines.append(
             f"{config.label:<36} {last['reward']:7.3f} {last['optimal_reward']:8.3f} "
-            f"{last['kl']:7.3f} {last['optimal_kl']:8.3f}"
+            f"{last['kl']:7.3f} {best_kl}"
         )
     return "\n".join(lines)
 
