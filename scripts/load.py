@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 
 import httpx2
 import numpy as np
-import orjson
 
-from app.core import rlhf_weight_update
 from scripts.live_server import live_server
+from scripts.payloads import random_update
 
 __all__ = ["LoadReport", "run"]
 
@@ -76,23 +75,8 @@ class LoadReport:
         return out
 
 
-def _payload() -> tuple[bytes, list[float]]:
-    rng = np.random.default_rng(7)
-    b, n = 8, 2000
-    arrays = {
-        "weights": rng.standard_normal(n),
-        "rewards": rng.standard_normal(b),
-        "policy_log_probs": rng.standard_normal(b),
-        "ref_log_probs": rng.standard_normal(b),
-        "log_prob_grads": rng.standard_normal((b, n)),
-    }
-    expected = rlhf_weight_update(**arrays, beta=0.05, lr=0.01).tolist()
-    body = orjson.dumps({**arrays, "beta": 0.05, "lr": 0.01}, option=orjson.OPT_SERIALIZE_NUMPY)
-    return body, expected
-
-
 async def _overload(base_url: str, report: LoadReport, total: int, seconds: float) -> None:
-    body, expected = _payload()
+    body, expected = random_update(7, 8, 2000, beta=0.05, lr=0.01)
     deadline = time.monotonic() + seconds
     issued = 0
     done = asyncio.Event()

@@ -16,11 +16,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import httpx2
-import numpy as np
 import orjson
 
-from app.core import rlhf_weight_update
+from app.schemas import REFERENCE_EXAMPLE
 from scripts.live_server import LiveServer, live_server
+from scripts.payloads import random_update
 
 __all__ = ["ShutdownReport", "run"]
 
@@ -75,24 +75,6 @@ class ShutdownReport:
         ]
 
 
-def _payload(seed: int) -> tuple[bytes, list[float]]:
-    rng = np.random.default_rng(seed)
-    b, n = 4, 5000
-    arrays = {
-        "weights": rng.standard_normal(n),
-        "rewards": rng.standard_normal(b),
-        "policy_log_probs": rng.standard_normal(b),
-        "ref_log_probs": rng.standard_normal(b),
-        "log_prob_grads": rng.standard_normal((b, n)),
-    }
-    expected = rlhf_weight_update(**arrays, beta=0.1, lr=0.01).tolist()
-    body = orjson.dumps(
-        {**arrays, "beta": 0.1, "lr": 0.01},
-        option=orjson.OPT_SERIALIZE_NUMPY,
-    )
-    return body, expected
-
-
 async def _trickle(body: bytes, started: asyncio.Event) -> AsyncIterator[bytes]:
     size = -(-len(body) // CHUNKS)
     for i in range(CHUNKS):
@@ -102,7 +84,7 @@ async def _trickle(body: bytes, started: asyncio.Event) -> AsyncIterator[bytes]:
 
 
 async def _scenario(server: LiveServer, report: ShutdownReport, slow_count: int) -> None:
-    payloads = [_payload(seed) for seed in range(slow_count)]
+    payloads = [random_update(seed, 4, 5000, beta=0.1, lr=0.01) for seed in range(slow_count)]
     headers = {"content-type": "application/json"}
     async with httpx2.AsyncClient(base_url=server.base_url, timeout=60) as client:
         report.readyz_before = (await client.get("/readyz")).status_code
@@ -140,17 +122,7 @@ async def _scenario(server: LiveServer, report: ShutdownReport, slow_count: int)
     report.exit_after_signal_s = time.monotonic() - signalled
 
 
-REFERENCE_BODY = orjson.dumps(
-    {
-        "weights": [1.0, 1.0],
-        "rewards": [1.0, 1.0],
-        "policy_log_probs": [-1.5, -1.5],
-        "ref_log_probs": [-1.5, -1.5],
-        "log_prob_grads": [[0.5, -0.5], [0.5, -0.5]],
-        "beta": 1.0,
-        "lr": 0.1,
-    }
-)
+REFERENCE_BODY = orjson.dumps(REFERENCE_EXAMPLE)
 
 
 def run(workers: int = 1, slow_count: int = 4) -> ShutdownReport:

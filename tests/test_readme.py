@@ -5,6 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import orjson
+from fastapi.testclient import TestClient
+
 from app.schemas import UpdateOptionsModel, UpdateStatsModel
 
 README = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
@@ -31,3 +34,14 @@ def test_every_stat_is_documented() -> None:
 def test_order_of_operations_is_stated_step_by_step() -> None:
     steps = re.findall(r"^(\d)\. ", README.split("Order of operations:", 1)[1], re.M)[:8]
     assert steps == [str(i) for i in range(8)]
+
+
+def test_quick_start_shows_the_services_answer(client: TestClient) -> None:
+    quick_start = README.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    request = re.search(r"-d '(\{.+?\})'", quick_start, re.S)
+    answer = re.search(r"^answers\n\n    (\{.+\})$", quick_start, re.M)
+    assert request is not None
+    assert answer is not None
+    response = client.post("/update", content=request.group(1))
+    assert response.status_code == 200
+    assert orjson.loads(response.content) == orjson.loads(answer.group(1))
