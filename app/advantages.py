@@ -134,10 +134,11 @@ def whiten(values: FloatArray) -> FloatArray:
 
 def mean(values: FloatArray) -> float:
     """Mean that does not overflow while the mean itself is representable."""
-    result = float(np.mean(values))
+    # np.mean's own arithmetic (pairwise sum, then one division) without its Python wrapper.
+    result = float(np.add.reduce(values, axis=None)) / values.size if values.size else math.nan
     if not math.isfinite(result) and np.isfinite(values).all():
         scale = _power_of_two_scale(values)
-        result = scale * float(np.mean(values / scale))
+        result = scale * (float(np.add.reduce(values / scale, axis=None)) / values.size)
     return result
 
 
@@ -181,7 +182,7 @@ def _power_of_two_scale(values: FloatArray) -> float:
 
     Dividing by a power of two is exact, and the quotients stay below 2 in magnitude.
     """
-    largest = float(np.max(np.abs(values))) if values.size else 0.0
+    largest = float(np.abs(values).max()) if values.size else 0.0
     if largest == 0.0 or not math.isfinite(largest):
         return largest
     return math.ldexp(1.0, math.frexp(largest)[1] - 1)

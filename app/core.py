@@ -5,6 +5,7 @@ The numeric core of the service. Pure NumPy: no HTTP, no Pydantic, no I/O.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -232,6 +233,32 @@ def compute_update(
     controller's next coefficient (Ziegler et al. 2019, TRL's AdaptiveKLController):
     ``beta * (1 + clip(kl_mean / target_kl - 1, -0.2, 0.2) * B / kl_horizon)``.
     """
+    # Overflow is looked for explicitly, value by value, and reported with its index; one
+    # errstate for the whole update keeps NumPy's warnings out (and costs one context switch).
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _compute_update(
+            weights,
+            rewards,
+            policy_log_probs,
+            ref_log_probs,
+            log_prob_grads,
+            beta=beta,
+            lr=lr,
+            options=options,
+        )
+
+
+def _compute_update(
+    weights: ArrayLike,
+    rewards: ArrayLike,
+    policy_log_probs: ArrayLike,
+    ref_log_probs: ArrayLike,
+    log_prob_grads: ArrayLike,
+    *,
+    beta: float,
+    lr: float,
+    options: UpdateOptions,
+) -> UpdateResult:
     checked = _checked_inputs(
         {
             "weights": weights,
@@ -245,46 +272,44 @@ def compute_update(
         options=options,
     )
     w, r = checked.arrays["weights"], checked.arrays["rewards"]
-    with np.errstate(over="ignore", invalid="ignore"):
-        if options.reward_clip is not None:
-            r = np.clip(r, -float(options.reward_clip), float(options.reward_clip))
-        log_ratio = checked.arrays["policy_log_probs"] - checked.arrays["ref_log_probs"]
-        kl = kl_estimate(log_ratio, options.estimator)
-        if options.kl_clamp is not None:
-            kl = np.clip(kl, -float(options.kl_clamp), float(options.kl_clamp))
-        adjusted = r - checked.beta * kl
-        advantage = advantages(adjusted, checked.groups, options.baseline, options.grpo_scale)
-        if options.normalize_advantages:
-            advantage = whiten(advantage)
+    if options.reward_clip is not None:
+        r = np.clip(r, -float(options.reward_clip), float(options.reward_clip))
+    log_ratio = checked.arrays["policy_log_probs"] - checked.arrays["ref_log_probs"]
+    kl = kl_estimate(log_ratio, options.estimator)
+    if options.kl_clamp is not None:
+        kl = np.clip(kl, -float(options.kl_clamp), float(options.kl_clamp))
+    adjusted = r - checked.beta * kl
+    advantage = advantages(adjusted, checked.groups, options.baseline, options.grpo_scale)
+    if options.normalize_advantages:
+        advantage = whiten(advantage)
     _require_finite_results(
         kl=kl, adjusted=adjusted, advantage=advantage, estimator=options.estimator
     )
-    with np.errstate(over="ignore", invalid="ignore"):
-        grad = _mean_of_rows(advantage, checked.arrays["log_prob_grads"])
-        grad_norm = _l2_norm(grad)
-        clipped = False
-        if options.max_grad_norm is not None and grad_norm > options.max_grad_norm:
-            # torch.nn.utils.clip_grad_norm_'s factor, 1e-6 included.
-            grad = grad * (float(options.max_grad_norm) / (grad_norm + 1e-6))
-            clipped = True
-        step = checked.lr * grad
-        # lr = 0 returns the weights bit for bit: w + 0.0 would turn -0.0 into 0.0.
-        new_weights = w + step if checked.lr else w.copy()
-        kl_mean = mean(kl)
-        stats = UpdateStats(
-            kl_mean=kl_mean,
-            kl_max=float(np.max(kl)),
-            reward_mean=mean(r),
-            reward_std=sample_std(r),
-            adjusted_reward_mean=mean(adjusted),
-            advantage_mean=mean(advantage),
-            advantage_std=sample_std(advantage),
-            grad_norm=grad_norm,
-            clipped=clipped,
-            update_norm=_l2_norm(step),
-            next_beta=_next_beta(checked.beta, kl_mean, r.size, options),
-            kl_estimates=_kl_estimates(log_ratio),
-        )
+    grad = _mean_of_rows(advantage, checked.arrays["log_prob_grads"])
+    grad_norm = _l2_norm(grad)
+    clipped = False
+    if options.max_grad_norm is not None and grad_norm > options.max_grad_norm:
+        # torch.nn.utils.clip_grad_norm_'s factor, 1e-6 included.
+        grad = grad * (float(options.max_grad_norm) / (grad_norm + 1e-6))
+        clipped = True
+    step = checked.lr * grad
+    # lr = 0 returns the weights bit for bit: w + 0.0 would turn -0.0 into 0.0.
+    new_weights = w + step if checked.lr else w.copy()
+    kl_mean = mean(kl)
+    stats = UpdateStats(
+        kl_mean=kl_mean,
+        kl_max=float(kl.max()),
+        reward_mean=mean(r),
+        reward_std=sample_std(r),
+        adjusted_reward_mean=mean(adjusted),
+        advantage_mean=mean(advantage),
+        advantage_std=sample_std(advantage),
+        grad_norm=grad_norm,
+        clipped=clipped,
+        update_norm=_l2_norm(step),
+        next_beta=_next_beta(checked.beta, kl_mean, r.size, options),
+        kl_estimates=_kl_estimates(log_ratio),
+    )
     _require_finite_results(grad=grad, new_weights=new_weights)
     _require_finite_stats(stats)
     return UpdateResult(weights=new_weights, stats=stats)
@@ -328,9 +353,9 @@ def in_weights_dtype(result: UpdateResult, dtype: np.dtype[np.floating[Any]]) ->
     """
     if dtype == result.weights.dtype:
         return result
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore", invalid="ignore"):
         weights: NDArray[np.float32] = result.weights.astype(dtype)
-    index = _first_non_finite(weights)
+        index = _first_non_finite(weights)
     if index is not None:
         i = index[0]
         msg = (
@@ -493,12 +518,12 @@ def _shape_problems(arrays: dict[str, FloatArray]) -> list[InputProblem]:
 
 
 def _first_non_finite(array: AnyFloatArray) -> tuple[int, ...] | None:
-    """Index of the first NaN or infinity in `array`, or None."""
+    """Index of the first NaN or infinity in `array`, or None (under an errstate that
+    ignores overflow: the sum may overflow)."""
     # A finite sum proves every entry finite without a boolean temporary of the array's
     # size; only when it is not (a non-finite entry, or a finite sum that overflowed) look.
-    with np.errstate(over="ignore", invalid="ignore"):
-        if np.isfinite(np.sum(array)):
-            return None
+    if math.isfinite(np.add.reduce(array, axis=None)):
+        return None
     bad = np.argwhere(~np.isfinite(array))
     return tuple(int(i) for i in bad[0]) if bad.size else None
 
@@ -526,7 +551,7 @@ def _require_finite_results(estimator: str = "k1", **quantities: FloatArray) -> 
 def _require_finite_stats(stats: UpdateStats) -> None:
     for name in UpdateStats.__slots__:
         value = getattr(stats, name)
-        if isinstance(value, float) and not np.isfinite(value):
+        if isinstance(value, float) and not math.isfinite(value):
             msg = f"stats.{name} overflows float64 ({value}); scale down the inputs or lr"
             raise UpdateOverflowError([InputProblem(("stats", name), msg)])
 
@@ -543,7 +568,7 @@ def _mean_of_rows(coefficients: FloatArray, rows: FloatArray) -> FloatArray:
 
 def _l2_norm(values: FloatArray) -> float:
     """L2 norm without overflow or underflow in the squares (scaled by the largest entry)."""
-    scale = float(np.max(np.abs(values)))
+    scale = float(np.abs(values).max())
     if scale == 0.0 or not np.isfinite(scale):
         return scale
     scaled = values / scale

@@ -14,7 +14,7 @@ from app.auth import bearer_token_check
 from app.body_limit import ProblemBodyLimit
 from app.docs import install_offline_docs
 from app.errors import PROBLEM_MEDIA_TYPE, install_error_handlers
-from app.gate import ConcurrencyGate, hold_update_slot
+from app.gate import ConcurrencyGate
 from app.lifecycle import Lifecycle, lifespan
 from app.metrics import UpdateMetrics
 from app.metrics import router as metrics_router
@@ -69,15 +69,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics = UpdateMetrics()
     app.state.gate = ConcurrencyGate(settings.max_in_flight, on_change=metrics.in_flight.set)
     install_error_handlers(app)
-    install_offline_docs(app)
-    app.include_router(probes_router)
-    app.include_router(metrics_router)
+    # /update first: routes are matched in order, and it is the one that carries the load.
     # The token, when there is one, is checked before a slot of the gate is taken.
     update_guards: list[DependsParam] = []
     token = settings.bearer_token()
     if token is not None:
         update_guards.append(Depends(bearer_token_check(token)))
-    update_guards.append(Depends(hold_update_slot))
     app.include_router(
         update_router,
         dependencies=update_guards,
@@ -88,6 +85,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ),
         },
     )
+    app.include_router(probes_router)
+    app.include_router(metrics_router)
+    install_offline_docs(app)
     return app
 
 

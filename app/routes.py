@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.body import read_body
 from app.errors import PROBLEM_MEDIA_TYPE
+from app.gate import ConcurrencyGate
 from app.json_codec import decode_update_request, encode_update_response
 from app.limits import check_element_count
 from app.media import (
@@ -91,6 +92,13 @@ _UPDATE_OPENAPI: dict[str, Any] = {
 )
 async def update(request: Request) -> Response:
     """Return `weights + lr * grad` with grad the KL-penalised policy gradient, and stats."""
+    # The token, when one is set, was checked (a dependency) before a slot is taken here.
+    gate: ConcurrencyGate = request.app.state.gate
+    with gate.slot():
+        return await _update(request)
+
+
+async def _update(request: Request) -> Response:
     # Reading the body first lets the body limit answer 413 before anything else.
     body = await read_body(request)
     request_format = wire_format(request.headers.get("content-type"))
