@@ -1,4 +1,4 @@
-"""Reading the request body: once, into one buffer sized from Content-Length."""
+"""Reading the request body: once, into one buffer."""
 
 from __future__ import annotations
 
@@ -53,8 +53,9 @@ def test_empty_body() -> None:
 
 
 def test_the_body_is_held_once_not_chunks_and_a_join() -> None:
-    # 16 MiB in 64 KiB chunks, as uvicorn delivers them: reading into one preallocated
-    # buffer peaks at the body's size; keeping the chunks and joining them would peak at two.
+    # 16 MiB in 64 KiB chunks, as uvicorn delivers them: appending to one buffer peaks at
+    # the body's size plus bytearray's headroom (an eighth); keeping the chunks and joining
+    # them would peak at twice the body.
     chunks = [bytes([i % 256]) * (64 * 1024) for i in range(256)]
     size = 256 * 64 * 1024
 
@@ -70,4 +71,4 @@ def test_the_body_is_held_once_not_chunks_and_a_join() -> None:
     body, peak = asyncio.run(read_traced())
     assert len(body) == size
     assert body[-1] == 255
-    assert size <= peak < size + MiB
+    assert size <= peak <= size * 9 // 8 + MiB
