@@ -282,9 +282,10 @@ def _compute_update(
     advantage = advantages(adjusted, checked.groups, options.baseline, options.grpo_scale)
     if options.normalize_advantages:
         advantage = whiten(advantage)
-    _require_finite_results(
-        kl=kl, adjusted=adjusted, advantage=advantage, estimator=options.estimator
-    )
+    # Without a baseline or whitening the advantages are the adjusted rewards themselves.
+    same = advantage is adjusted
+    intermediates = {"kl": kl, "adjusted": adjusted} | ({} if same else {"advantage": advantage})
+    _require_finite_results(estimator=options.estimator, **intermediates)
     grad = _mean_of_rows(advantage, checked.arrays["log_prob_grads"])
     grad_norm = _l2_norm(grad)
     clipped = False
@@ -296,19 +297,20 @@ def _compute_update(
     # lr = 0 returns the weights bit for bit: w + 0.0 would turn -0.0 into 0.0.
     new_weights = w + step if checked.lr else w.copy()
     kl_mean = mean(kl)
+    adjusted_mean = mean(adjusted)
     stats = UpdateStats(
         kl_mean=kl_mean,
         kl_max=float(kl.max()),
         reward_mean=mean(r),
         reward_std=sample_std(r),
-        adjusted_reward_mean=mean(adjusted),
-        advantage_mean=mean(advantage),
+        adjusted_reward_mean=adjusted_mean,
+        advantage_mean=adjusted_mean if same else mean(advantage),
         advantage_std=sample_std(advantage),
         grad_norm=grad_norm,
         clipped=clipped,
         update_norm=_l2_norm(step),
         next_beta=_next_beta(checked.beta, kl_mean, r.size, options),
-        kl_estimates=_kl_estimates(log_ratio),
+        kl_estimates=_kl_estimates(log_ratio, kl_mean if kl is log_ratio else None),
     )
     _require_finite_results(grad=grad, new_weights=new_weights)
     _require_finite_stats(stats)
@@ -325,8 +327,12 @@ def _next_beta(
     return beta * (1.0 + error * batch_size / float(options.kl_horizon))
 
 
-def _kl_estimates(log_ratio: FloatArray) -> KlEstimates:
-    means = [mean(kl_estimate(log_ratio, name)) for name in ("k1", "k2", "k3")]
+def _kl_estimates(log_ratio: FloatArray, k1_mean: float | None) -> KlEstimates:
+    """The three estimators' batch means; `k1_mean` when the update already has it."""
+    means = [
+        k1_mean if name == "k1" and k1_mean is not None else mean(kl_estimate(log_ratio, name))
+        for name in ("k1", "k2", "k3")
+    ]
     k1, k2, k3 = (value if np.isfinite(value) else None for value in means)
     return KlEstimates(k1=k1, k2=k2, k3=k3)
 
@@ -397,7 +403,7 @@ def _checked_inputs(
     beta_value = _as_scalar("beta", beta, problems)
     lr_value = _as_scalar("lr", lr, problems)
     problems += [InputProblem((name,), msg) for name, msg in option_problems(options)]
-    groups = Groups.whole_batch(0)
+    groups = None
     if not problems:
         problems = _shape_problems(arrays)
         batch_size = arrays["rewards"].shape[0]
@@ -409,7 +415,6 @@ def _checked_inputs(
                 groups = Groups.from_ids(ids)
         if not problems and options.baseline == "rloo":
             problems = _rloo_problems(groups, grouped=options.group_ids is not None)
-    checked = _CheckedInputs(arrays, beta_value, lr_value, groups)
     if not problems:
         problems = [
             InputProblem(
@@ -418,9 +423,9 @@ def _checked_inputs(
             for name, array in arrays.items()
             if (index := _first_non_finite(array)) is not None
         ]
-    if problems:
+    if problems or groups is None:  # groups is None only when there are problems
         raise InvalidInputError(problems)
-    return checked
+    return _CheckedInputs(arrays, beta_value, lr_value, groups)
 
 
 def _rloo_problems(groups: Groups, *, grouped: bool) -> list[InputProblem]:
