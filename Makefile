@@ -16,7 +16,7 @@ run: $(STAMP)
 test: check
 	$(BIN)/python -m pytest
 
-# Service vs baseline vs floor over loopback HTTP; prints a table (a few minutes).
+# Service vs baseline vs floor over loopback HTTP; prints a table (about a minute).
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
 
