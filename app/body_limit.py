@@ -1,8 +1,8 @@
 """Give the 413 of FastAPI's body limit the problem+json format of every other error.
 
 FastAPI's `max_body_size` answers 413 from Starlette's `RequestBodyLimitMiddleware`, which
-sits outside every exception handler and writes plain text. This wrapper, the outermost
-layer, rewrites exactly that response; everything else passes through untouched.
+sits outside every exception handler and writes plain text. This wrapper, just outside
+FastAPI's own stack, rewrites exactly that response; everything else passes through.
 """
 
 from __future__ import annotations

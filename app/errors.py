@@ -230,7 +230,8 @@ async def _on_client_disconnect(request: Request, exc: Exception) -> Response:
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
-    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    # Not logged here: Starlette raises the exception again once this answer is sent, and
+    # the server logs it with its traceback (uvicorn: "Exception in ASGI application").
     return problem_response(
         500,
         slug="internal-error",

@@ -191,10 +191,12 @@ def describe_validation_error(error: ErrorDetails) -> InputProblem:
         value = error.get("input")
         shown = repr(value) if isinstance(value, str) else got
         return InputProblem(loc, f"{path} is {shown}; expected one of {allowed}")
-    if kind == "int_type":
+    if kind in ("int_type", "int_parsing"):
         return InputProblem(loc, f"{path} is {got}; expected an integer")
-    if kind == "bool_type":
+    if kind in ("bool_type", "bool_parsing"):
         return InputProblem(loc, f"{path} is {got}; expected true or false")
+    if kind in ("float_type", "float_parsing"):
+        return InputProblem(loc, f"{path} is {got}; expected a number")
     return InputProblem(loc, f"{path}: {error['msg']}")
 
 

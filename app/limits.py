@@ -1,7 +1,7 @@
 """The size limit on an update's arrays, shared by every wire format.
 
 RLHF_MAX_BODY_SIZE is the first line of defence: a larger body is refused before it is
-read. `check_element_count` is the second, on the shape: /update calls it once the body is
+read. `check_element_count` is the second, on the shapes: /update calls it once the body is
 decoded and before any computing. The binary decoder only validates the header and lays
 views on the body, so nothing of the update's size has been allocated by then (not even
 the float64 copy of float32 gradients); JSON's B and N are only known once it is parsed.
@@ -23,12 +23,22 @@ def element_count(batch_size: int, params: int) -> int:
     return batch_size * params + batch_size + params
 
 
-def check_element_count(batch_size: int, params: int, max_elements: int) -> None:
-    """Raise `TooManyElementsError` (413) when B*N + B + N exceeds `max_elements`."""
-    count = element_count(batch_size, params)
+def check_element_count(
+    batch_size: int, params: int, max_elements: int, *, grads_size: int | None = None
+) -> None:
+    """Raise `TooManyElementsError` (413) when B*N + B + N exceeds `max_elements`.
+
+    `grads_size` is the number of entries `log_prob_grads` really has, when it may differ
+    from B*N (a body whose shapes disagree, which the core rejects later): the count is of
+    what was sent, so such a body cannot slip a large gradient past the limit.
+    """
+    grads = batch_size * params if grads_size is None else grads_size
+    count = grads + batch_size + params
     if count > max_elements:
-        msg = (
-            f"the update has B*N + B + N = {count} elements (B = {batch_size}, N = {params}); "
-            f"the limit is {max_elements} (RLHF_MAX_ELEMENTS)"
+        what = (
+            f"B*N + B + N = {count} elements (B = {batch_size}, N = {params})"
+            if grads == batch_size * params
+            else f"{count} elements (log_prob_grads has {grads}, B = {batch_size}, N = {params})"
         )
+        msg = f"the update has {what}; the limit is {max_elements} (RLHF_MAX_ELEMENTS)"
         raise TooManyElementsError(msg)

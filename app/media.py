@@ -26,7 +26,7 @@ BodyFormat = Literal["json", "safetensors", "other"]
 
 
 def body_format(content_type: str | None) -> BodyFormat:
-    """Which format a body with this Content-Type is in; a missing header means JSON.
+    """Which format a body with this Content-Type is in.
 
     A missing Content-Type is read as JSON, as FastAPI does for its own bodies.
 

@@ -139,6 +139,9 @@ def group_id_problems(
     if ids.dtype.kind not in "iu":
         what = "integers beyond int64" if ids.dtype.kind == "O" else f"{ids.dtype} values"
         return None, [(("group_ids",), f"group_ids holds {what}; {expected}")]
+    if ids.dtype == np.uint64 and ids.size and int(ids.max()) > np.iinfo(np.int64).max:
+        # A binary body's U64 tensor: held to the same int64 range as JSON's integers.
+        return None, [(("group_ids",), f"group_ids holds integers beyond int64; {expected}")]
     if ids.ndim != 1:
         return None, [(("group_ids",), f"group_ids is {ids.ndim}-D; {expected}")]
     if ids.shape[0] != batch_size:

@@ -49,7 +49,8 @@ class APITimeoutError(APIConnectionError):
 
 
 class APIResponseError(RLHFClientError):
-    """The server answered 2xx with a body that is not a valid /update or /healthz answer."""
+    """The server answered 2xx with a body that is not a valid /update or /healthz answer,
+    or with new weights beyond the range of the dtype the weights were sent in."""
 
     def __init__(self, message: str, response: httpx2.Response) -> None:
         super().__init__(message)

@@ -42,7 +42,8 @@ class UpdateStats:
     advantage_std: float | None = None
     clipped: bool | None = None
     next_beta: float | None = None
-    kl_estimates: Mapping[str, float] | None = None
+    # An estimate is None when its batch mean overflows float64 (the server sends null).
+    kl_estimates: Mapping[str, float | None] | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -61,7 +62,9 @@ class UpdateStats:
             known["clipped"] = bool(stats["clipped"])
         estimates = stats.get("kl_estimates")
         if isinstance(estimates, Mapping):
-            known["kl_estimates"] = {str(k): _number(estimates, k) for k in estimates}
+            known["kl_estimates"] = {
+                str(k): None if estimates[k] is None else _number(estimates, k) for k in estimates
+            }
         extra = {
             k: v
             for k, v in stats.items()

@@ -115,7 +115,26 @@ def decode_update_response(response: httpx2.Response, weights_dtype: np.dtype[An
     except (KeyError, TypeError, ValueError) as exc:
         msg = f"unreadable /update answer ({media_type or 'no Content-Type'}): {exc}"
         raise APIResponseError(msg, response) from exc
-    return UpdateResult(weights.astype(weights_dtype, copy=False), parsed, request_id_of(response))
+    return UpdateResult(
+        _in_dtype(weights, weights_dtype, response), parsed, request_id_of(response)
+    )
+
+
+def _in_dtype(
+    weights: NDArray[Any], dtype: np.dtype[Any], response: httpx2.Response
+) -> NDArray[Any]:
+    """The weights in the caller's dtype. A JSON answer is float64: a new weight beyond
+    float32's range is refused here, as the server refuses it for a binary request."""
+    with np.errstate(over="ignore"):
+        cast = weights.astype(dtype, copy=False)
+    if cast is not weights and not np.isfinite(cast).all():
+        i = int(np.flatnonzero(~np.isfinite(cast))[0])
+        msg = (
+            f"the updated weight weights[{i}] ({weights[i]}) overflows {dtype.name}; "
+            "scale down the inputs or lr, or send float64 weights"
+        )
+        raise APIResponseError(msg, response)
+    return cast
 
 
 def decode_json_object(response: httpx2.Response) -> dict[str, Any]:
@@ -253,10 +272,16 @@ def _encode_safetensors(
 
 
 def _decode_safetensors(data: bytes) -> tuple[NDArray[Any], Mapping[str, Any]]:
+    from safetensors import SafetensorError
     from safetensors.numpy import load
 
-    stats = json.loads(read_safetensors_metadata(data)["stats"])
-    return np.array(load(data)["weights"]), stats
+    try:
+        stats = json.loads(read_safetensors_metadata(data)["stats"])
+        return np.array(load(data)["weights"]), stats
+    except (SafetensorError, AttributeError, UnicodeDecodeError) as exc:
+        # Not a safetensors file, or a header that is not a JSON object.
+        msg = f"malformed safetensors ({exc})"
+        raise ValueError(msg) from exc
 
 
 def read_safetensors_metadata(data: bytes) -> dict[str, str]:

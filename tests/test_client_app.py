@@ -10,7 +10,13 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
-from rlhf_client import APIStatusError, Client, ContentTooLargeError, UnprocessableEntityError
+from rlhf_client import (
+    APIResponseError,
+    APIStatusError,
+    Client,
+    ContentTooLargeError,
+    UnprocessableEntityError,
+)
 from tests.reference import EXAMPLE, reference_update
 
 NAMES = ("weights", "rewards", "policy_log_probs", "ref_log_probs", "log_prob_grads")
@@ -143,3 +149,25 @@ def test_unknown_path_is_a_plain_status_error(settings: Settings) -> None:
 
 def test_health(rlhf: Client) -> None:
     assert rlhf.health() == {"status": "ok"}
+
+
+def test_an_overflowing_kl_estimate_comes_back_as_none(rlhf: Client) -> None:
+    # k2 = d**2 / 2 of d = 1e160 overflows float64; the update itself uses k1 and is valid.
+    result = rlhf.update([1.0], [0.0], [1e160], [0.0], [[0.0]], beta=0.0, lr=0.1)
+    assert result.stats.kl_estimates is not None
+    assert result.stats.kl_estimates["k2"] is None
+    assert result.stats.kl_estimates["k1"] == 1e160
+
+
+@pytest.mark.parametrize("transport", ["json", "safetensors"])
+def test_float32_weights_that_overflow_are_refused_by_either_transport(
+    settings: Settings, transport: str
+) -> None:
+    # 3e38 + 1.0 * 1e38 is a float64 but beyond float32's largest, about 3.4e38.
+    weights = np.array([3e38], dtype=np.float32)
+    with (
+        TestClient(create_app(settings)) as http,
+        Client(http_client=http, transport=transport) as client,  # type: ignore[arg-type]
+        pytest.raises((APIResponseError, UnprocessableEntityError), match="overflows float32"),
+    ):
+        client.update(weights, [1.0], [0.0], [0.0], [[1e38]], beta=0.0, lr=1.0)

@@ -375,3 +375,16 @@ def test_local_shape_checks_name_the_argument() -> None:
             )
         with pytest.raises(ValueError, match="weights has shape"):
             client.update([[1, 1]], [1, 1], [0, 0], [0, 0], np.zeros((2, 2)), beta=0, lr=0)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"not a safetensors file at all", b"\x04\x00\x00\x00\x00\x00\x00\x00[12]"],
+    ids=["garbage", "header-not-an-object"],
+)
+def test_a_malformed_safetensors_answer_is_a_response_error(sleeps: Sleeps, body: bytes) -> None:
+    ok = httpx2.Response(200, content=body, headers={"content-type": "application/x-safetensors"})
+    client, script = scripted_client([ok], sleeps, transport="safetensors")
+    with pytest.raises(APIResponseError, match="unreadable /update answer"):
+        update(client)
+    assert len(script.requests) == 1

@@ -65,6 +65,17 @@ def test_binary_arrays_of_the_wrong_rank_are_counted_then_refused_by_the_core() 
     assert ["rewards"] in [error["loc"] for error in response.json()["errors"]]
 
 
+def test_gradients_larger_than_b_times_n_count_as_sent() -> None:
+    # Shapes that disagree (the core would say so) cannot slip a large gradient past the cap.
+    tensors = example_tensors() | {"log_prob_grads": np.zeros((2, 1000))}
+    with TestClient(create_app(Settings(max_elements=1000))) as client:
+        response = client.post("/update", content=save(tensors), headers=BINARY)
+    assert response.status_code == 413
+    detail = response.json()["detail"]
+    assert "2004 elements (log_prob_grads has 2000, B = 2, N = 2)" in detail
+    assert "limit is 1000" in detail
+
+
 def test_default_limit_is_two_to_the_27(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RLHF_MAX_ELEMENTS", raising=False)
     assert Settings().max_elements == 2**27

@@ -408,6 +408,24 @@ def _with(**changes: NDArray[Any] | None) -> bytes:
             "group_ids has dtype F64; expected an integer dtype",
             id="float-groups",
         ),
+        pytest.param(
+            _with(group_ids=np.array([2**64 - 1, 0], dtype=np.uint64)),
+            ["group_ids"],
+            "group_ids holds integers beyond int64",
+            id="u64-groups",
+        ),
+        pytest.param(
+            save(example_tensors(), metadata={"kl_horizon": "soon", "target_kl": "0.1"}),
+            ["__metadata__", "kl_horizon"],
+            "kl_horizon is a string ('soon'); expected a number",
+            id="option-not-a-number",
+        ),
+        pytest.param(
+            save(example_tensors(), metadata={"normalize_advantages": "maybe"}),
+            ["__metadata__", "normalize_advantages"],
+            "normalize_advantages is a string ('maybe'); expected true or false",
+            id="option-not-a-bool",
+        ),
     ],
 )
 def test_invalid_safetensors_payload_is_422_naming_the_tensor(
