@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,6 +11,17 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.settings import Settings
 from tests.reference import EXAMPLE
+
+
+@pytest.fixture(autouse=True)
+def _service_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests start from the service's defaults, whatever the shell running them exports."""
+    for name in list(os.environ):
+        if name.startswith("RLHF_") or name in _SERVICE_VARIABLES:
+            monkeypatch.delenv(name)
+
+
+_SERVICE_VARIABLES = {"HOST", "PORT", "WEB_CONCURRENCY", "PROMETHEUS_MULTIPROC_DIR"}
 
 
 @pytest.fixture

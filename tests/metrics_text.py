@@ -15,5 +15,5 @@ def sample_values(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], flo
 
 
 def sample(text: str, name: str, **labels: str) -> float:
-    """One sample's value; 0 when the series does not exist (yet)."""
-    return sample_values(text).get((name, frozenset(labels.items())), 0.0)
+    """One sample's value; KeyError when the series does not exist."""
+    return sample_values(text)[(name, frozenset(labels.items()))]

@@ -13,6 +13,7 @@ from numpy.typing import NDArray
 from app.main import create_app
 from app.settings import Settings
 from rlhf_client import Client
+from tests.metrics_text import sample_values
 
 
 @pytest.fixture
@@ -45,17 +46,29 @@ def test_safetensors_and_json_agree_bit_for_bit(
     assert by_binary.weights.dtype == by_json.weights.dtype == dtype
     np.testing.assert_array_equal(by_binary.weights, by_json.weights)
     assert by_binary.stats == by_json.stats
+    assert formats_served(http) == {"json": 1, "safetensors": 1}
 
 
-def test_auto_uses_safetensors_above_the_threshold(http: TestClient) -> None:
-    arrays = batch(2)
-    with Client(http_client=http, binary_threshold=16 * 12) as client:
-        result = client.update(*arrays, beta=0.1, lr=0.3)
-        assert not client._binary_unsupported
-    with Client(http_client=http, transport="json") as as_json:
-        np.testing.assert_array_equal(
-            result.weights, as_json.update(*arrays, beta=0.1, lr=0.3).weights
-        )
+def test_auto_uses_safetensors_from_the_threshold_on(http: TestClient) -> None:
+    arrays = batch(2)  # B * N = 16 * 12
+    with Client(http_client=http, binary_threshold=16 * 12 + 1) as below:
+        by_json = below.update(*arrays, beta=0.1, lr=0.3)
+    assert formats_served(http) == {"json": 1, "safetensors": 0}
+    with Client(http_client=http, binary_threshold=16 * 12) as at:
+        by_binary = at.update(*arrays, beta=0.1, lr=0.3)
+    assert formats_served(http) == {"json": 1, "safetensors": 1}
+    np.testing.assert_array_equal(by_binary.weights, by_json.weights)
+
+
+def formats_served(http: TestClient) -> dict[str, int]:
+    """How many updates the app has answered with 200, by the format of their body."""
+    text = http.get("/metrics").text
+    counts = sample_values(text)
+    return {
+        wire: int(counts.get(("rlhf_update_requests_total", key), 0))
+        for wire in ("json", "safetensors")
+        for key in (frozenset({("status", "200"), ("format", wire)}),)
+    }
 
 
 def test_options_travel_in_safetensors(http: TestClient) -> None:
@@ -73,3 +86,4 @@ def test_options_travel_in_safetensors(http: TestClient) -> None:
     assert by_binary.stats.grad_norm > 0.1  # so the clipping acts
     assert by_binary.stats.clipped is True
     assert by_binary.stats == by_json.stats
+    assert formats_served(http) == {"json": 1, "safetensors": 1}

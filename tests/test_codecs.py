@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import save
 
@@ -39,6 +39,7 @@ def test_safetensors_arrays_are_read_only_views_on_the_body() -> None:
 finite = st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(2**70), 2**70)
 
 
+@settings(deadline=None)  # no wall-clock limit on a shared machine
 @given(
     weights=st.lists(finite, min_size=1, max_size=5),
     rows=st.integers(1, 3),

@@ -57,7 +57,7 @@ def test_past_the_cap_update_is_503_at_once_while_probes_answer(
             held = [asyncio.create_task(client.post("/update", json=example)) for _ in range(2)]
             for _ in range(2):
                 assert await asyncio.to_thread(holding.acquire, True, 10)
-            refused = await asyncio.wait_for(client.post("/update", json=example), timeout=5)
+            refused = await asyncio.wait_for(client.post("/update", json=example), timeout=30)
             assert refused.status_code == 503
             assert refused.headers["retry-after"] == "1"
             assert refused.headers["content-type"] == "application/problem+json"
@@ -65,7 +65,7 @@ def test_past_the_cap_update_is_503_at_once_while_probes_answer(
             assert problem["type"] == "urn:rlhf-update:problem:saturated"
             assert "RLHF_MAX_IN_FLIGHT" in problem["detail"]
             for path in ["/healthz", "/livez", "/metrics"]:
-                probe = await asyncio.wait_for(client.get(path), timeout=5)
+                probe = await asyncio.wait_for(client.get(path), timeout=30)
                 assert probe.status_code == 200, path
             metrics = (await client.get("/metrics")).text
             assert "rlhf_update_in_flight 2.0" in metrics

@@ -50,9 +50,12 @@ def test_container_healthcheck_probes_the_port(
     assert healthcheck() == 1
 
 
-def test_shuts_down_with_status_0_on_sigterm_and_logs_only_json(server: LiveServer) -> None:
-    assert server.stop(timeout=15) == 0
-    lines = server.log_lines()  # raises if any line is not JSON
+def test_shuts_down_with_status_0_on_sigterm_and_logs_only_json(example: dict[str, Any]) -> None:
+    # Its own server, access log on: the shared one must stay up for the other tests.
+    with live_server({"RLHF_SHUTDOWN_DRAIN_SECONDS": "0"}, args=()) as running:
+        assert httpx2.post(f"{running.base_url}/update", json=example).status_code == 200
+        assert running.stop(timeout=15) == 0
+        lines = running.log_lines()  # raises if any line is not JSON
     messages = [line["message"] for line in lines]
     assert "Application shutdown complete." in messages
     # uvicorn's own loggers, its access log (on unless --no-access-log), and the update line.

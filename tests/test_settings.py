@@ -7,12 +7,12 @@ import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
 from pydantic import ValidationError
 
 from app.__main__ import main, prepare_metrics_dir
-from app.log_config import log_config
 from app.main import create_app
 from app.settings import Settings
 
@@ -97,7 +97,7 @@ def test_python_dash_m_app_serves_with_the_settings(monkeypatch: pytest.MonkeyPa
                 "host": "127.0.0.2",
                 "port": 9124,
                 "workers": 1,
-                "log_config": log_config("warning"),
+                "log_config": ANY,
                 "log_level": "warning",
                 "access_log": False,
                 "timeout_graceful_shutdown": 25,
@@ -105,6 +105,9 @@ def test_python_dash_m_app_serves_with_the_settings(monkeypatch: pytest.MonkeyPa
             },
         )
     ]
+    loggers = calls[0][1]["log_config"]["loggers"]  # type: ignore[index]
+    for name in ["", "uvicorn", "uvicorn.error", "uvicorn.access"]:
+        assert loggers[name]["level"] == "WARNING", name
 
 
 @pytest.mark.usefixtures("sigterm_restored")
@@ -132,7 +135,9 @@ def test_metrics_dir_is_emptied_before_start(
 
 
 def test_several_workers_get_a_fresh_metrics_dir(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    # Set first, so that monkeypatch records it and unsets what prepare_metrics_dir sets.
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "")
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
     prepare_metrics_dir(workers=1)
     assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ
     prepare_metrics_dir(workers=2)
