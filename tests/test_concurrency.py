@@ -7,7 +7,10 @@ import threading
 from typing import Any
 
 import httpx2
+import numpy as np
+import orjson
 import pytest
+from safetensors.numpy import save
 
 from app.core import UpdateResult
 from app.main import create_app
@@ -15,8 +18,24 @@ from app.payload import UpdatePayload
 from app.settings import Settings
 
 
+def _large_request(body_format: str, example: dict[str, Any]) -> tuple[bytes, dict[str, str], int]:
+    """A body whose update is too large for the event loop: JSON over 16 KiB, or a binary
+    body with more than 2**20 float64 gradient entries."""
+    if body_format == "json":
+        n = 2000
+        large = example | {"weights": [0.0] * n, "log_prob_grads": [[1.0] * n, [1.0] * n]}
+        return orjson.dumps(large), {"content-type": "application/json"}, n
+    n = 2**19 + 1
+    tensors = {name: np.asarray(value, dtype=np.float64) for name, value in example.items()} | {
+        "weights": np.zeros(n),
+        "log_prob_grads": np.ones((2, n)),
+    }
+    return save(tensors), {"content-type": "application/x-safetensors"}, n
+
+
+@pytest.mark.parametrize("body_format", ["json", "safetensors"])
 def test_small_request_is_answered_while_a_large_one_computes(
-    example: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    example: dict[str, Any], monkeypatch: pytest.MonkeyPatch, body_format: str
 ) -> None:
     computing = threading.Event()
     release = threading.Event()
@@ -31,23 +50,19 @@ def test_small_request_is_answered_while_a_large_one_computes(
         return compute(self)
 
     monkeypatch.setattr(UpdatePayload, "compute", held_compute)
-    n = 2000
-    large = example | {
-        "weights": [0.0] * n,
-        "log_prob_grads": [[1.0] * n, [1.0] * n],
-    }
+    body, headers, n = _large_request(body_format, example)
 
     async def scenario() -> None:
-        transport = httpx2.ASGITransport(app=create_app(Settings()))
+        transport = httpx2.ASGITransport(app=create_app(Settings(max_body_size=2**24)))
         async with httpx2.AsyncClient(transport=transport, base_url="http://test") as client:
-            large_task = asyncio.create_task(client.post("/update", json=large))
+            large_task = asyncio.create_task(client.post("/update", content=body, headers=headers))
             for _ in range(500):
                 if computing.is_set():
                     break
                 await asyncio.sleep(0.01)
             assert computing.is_set()
-            small = await asyncio.wait_for(client.post("/update", json=example), timeout=5)
-            health = await asyncio.wait_for(client.get("/healthz"), timeout=5)
+            small = await asyncio.wait_for(client.post("/update", json=example), timeout=30)
+            health = await asyncio.wait_for(client.get("/healthz"), timeout=30)
             assert small.status_code == 200
             assert health.status_code == 200
             assert not large_task.done()

@@ -48,7 +48,7 @@ def test_past_the_cap_update_is_503_at_once_while_probes_answer(
 
     monkeypatch.setattr(UpdatePayload, "compute", held_compute)
     # Small bodies are answered on the event loop; held there, they would block the loop.
-    monkeypatch.setattr("app.routes._INLINE_BODY_BYTES", {"json": 0, "safetensors": 0})
+    monkeypatch.setattr("app.routes._INLINE_JSON_BYTES", 0)
     app = create_app(Settings(max_in_flight=2))
 
     async def scenario() -> None:
