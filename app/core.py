@@ -181,6 +181,9 @@ def rlhf_weight_update(
     return cast("FloatArray", result.weights)
 
 
+# Overflow is looked for explicitly, value by value, and reported with its index; one
+# errstate around the whole update keeps NumPy's warnings out, at the cost of one switch.
+@np.errstate(over="ignore", invalid="ignore")
 def compute_update(
     weights: ArrayLike,
     rewards: ArrayLike,
@@ -233,32 +236,6 @@ def compute_update(
     controller's next coefficient (Ziegler et al. 2019, TRL's AdaptiveKLController):
     ``beta * (1 + clip(kl_mean / target_kl - 1, -0.2, 0.2) * B / kl_horizon)``.
     """
-    # Overflow is looked for explicitly, value by value, and reported with its index; one
-    # errstate for the whole update keeps NumPy's warnings out (and costs one context switch).
-    with np.errstate(over="ignore", invalid="ignore"):
-        return _compute_update(
-            weights,
-            rewards,
-            policy_log_probs,
-            ref_log_probs,
-            log_prob_grads,
-            beta=beta,
-            lr=lr,
-            options=options,
-        )
-
-
-def _compute_update(
-    weights: ArrayLike,
-    rewards: ArrayLike,
-    policy_log_probs: ArrayLike,
-    ref_log_probs: ArrayLike,
-    log_prob_grads: ArrayLike,
-    *,
-    beta: float,
-    lr: float,
-    options: UpdateOptions,
-) -> UpdateResult:
     checked = _checked_inputs(
         {
             "weights": weights,
