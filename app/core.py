@@ -23,6 +23,7 @@ from app.options import (
 )
 
 __all__ = [
+    "ARRAY_SHAPES",
     "AnyFloatArray",
     "InputProblem",
     "InvalidInputError",
@@ -349,8 +350,8 @@ def in_weights_dtype(result: UpdateResult, dtype: np.dtype[np.floating[Any]]) ->
     return UpdateResult(weights=weights, stats=result.stats)
 
 
-# The expected shape of each array argument.
-_SHAPES = {
+# The expected shape of each array argument, in the order of the signature.
+ARRAY_SHAPES = {
     "weights": "(N,)",
     "rewards": "(B,)",
     "policy_log_probs": "(B,)",
@@ -436,7 +437,7 @@ _MAX_GROUP_PROBLEMS = 20
 
 
 def _as_float64(name: str, value: ArrayLike, problems: list[InputProblem]) -> FloatArray | None:
-    shape = _SHAPES[name]
+    shape = ARRAY_SHAPES[name]
     ndim = shape.count("B") + shape.count("N")
     try:
         array = np.asarray(value, dtype=np.float64)

@@ -10,6 +10,7 @@ to the same correctly rounded float64.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from dataclasses import fields
 from typing import Any
 
@@ -25,7 +26,13 @@ from app.options import BASELINES, GRPO_SCALES, KL_ESTIMATORS
 from app.payload import UpdatePayload
 from app.schemas import UpdateOptionsModel, UpdateRequest
 
-__all__ = ["decode_update_request", "describe_validation_error", "encode_update_response"]
+__all__ = [
+    "decode_update_request",
+    "describe_validation_error",
+    "did_you_mean",
+    "encode_update_response",
+    "stats_as_dict",
+]
 
 _FIELDS = tuple(UpdateRequest.model_fields)
 _OPTIONS = tuple(UpdateOptionsModel.model_fields)
@@ -158,8 +165,7 @@ def describe_validation_error(error: ErrorDetails) -> InputProblem:
     if kind == "missing":
         return InputProblem(loc, f"{path} is missing; expected {_EXPECTED[str(field)]}")
     if kind == "extra_forbidden":
-        hint = difflib.get_close_matches(str(field), _FIELDS, n=1)
-        suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+        suggestion = did_you_mean(str(field), _FIELDS)
         return InputProblem(
             loc, f"unknown field {field!r}{suggestion}; expected only {_field_list()}"
         )
@@ -198,6 +204,12 @@ def describe_validation_error(error: ErrorDetails) -> InputProblem:
     if kind in ("float_type", "float_parsing"):
         return InputProblem(loc, f"{path} is {got}; expected a number")
     return InputProblem(loc, f"{path}: {error['msg']}")
+
+
+def did_you_mean(name: str, known: Sequence[str]) -> str:
+    """' (did you mean 'x'?)' for the known name closest to a misspelt one, or ''."""
+    hint = difflib.get_close_matches(name, known, n=1)
+    return f" (did you mean {hint[0]!r}?)" if hint else ""
 
 
 def _path(loc: tuple[str | int, ...]) -> str:

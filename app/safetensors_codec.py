@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import difflib
 import math
 import os
 import tempfile
@@ -27,24 +26,17 @@ from pydantic import ValidationError
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save
 
-from app.core import InputProblem, UpdateOptions, UpdateResult
+from app.core import ARRAY_SHAPES, InputProblem, UpdateOptions, UpdateResult
 from app.errors import InvalidPayloadError, MalformedSafetensorsError
-from app.json_codec import describe_validation_error, stats_as_dict
+from app.json_codec import describe_validation_error, did_you_mean, stats_as_dict
 from app.payload import UpdatePayload
 from app.schemas import UpdateOptionsModel
 
 __all__ = ["decode_safetensors", "encode_safetensors"]
 
-_ARRAYS = {
-    "weights": "(N,)",
-    "rewards": "(B,)",
-    "policy_log_probs": "(B,)",
-    "ref_log_probs": "(B,)",
-    "log_prob_grads": "(B, N)",
-}
 _SCALARS = ("beta", "lr")
 _GROUP_IDS = "group_ids"
-_TENSORS = (*_ARRAYS, *_SCALARS)
+_TENSORS = (*ARRAY_SHAPES, *_SCALARS)
 # Every option but group_ids travels as a string in __metadata__.
 _METADATA_OPTIONS = tuple(name for name in UpdateOptionsModel.model_fields if name != _GROUP_IDS)
 # Little-endian, as the format stores them; the integer ones are for group_ids.
@@ -108,8 +100,7 @@ def _options_from_binary(metadata: dict[str, str], group_ids: NDArray[Any] | Non
     problems = []
     for key in metadata:
         if key not in _METADATA_OPTIONS:
-            hint = difflib.get_close_matches(key, _METADATA_OPTIONS, n=1)
-            suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+            suggestion = did_you_mean(key, _METADATA_OPTIONS)
             msg = (
                 f"__metadata__ has the unknown key {_cut(key)!r}{suggestion}; expected only "
                 f"the options {', '.join(_METADATA_OPTIONS)}"
@@ -195,8 +186,7 @@ def _name_problems(by_name: dict[str, _Tensor]) -> list[InputProblem]:
     unknown = []
     for name in by_name:
         if name not in (*_TENSORS, _GROUP_IDS):
-            hint = difflib.get_close_matches(name, _TENSORS, n=1)
-            suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+            suggestion = did_you_mean(name, _TENSORS)
             unknown.append(
                 InputProblem((name,), f"unknown tensor {_cut(name)!r}{suggestion}; {_expected()}")
             )
@@ -237,7 +227,7 @@ def _views(body: bytearray, tensors: list[_Tensor], data_start: int) -> dict[str
 def _expected_tensor(name: str) -> str:
     if name in _SCALARS:
         return "a scalar tensor (shape () or (1,)), dtype F32 or F64"
-    return f"a tensor of shape {_ARRAYS[name]}, dtype F32 or F64"
+    return f"a tensor of shape {ARRAY_SHAPES[name]}, dtype F32 or F64"
 
 
 def _expected() -> str:
