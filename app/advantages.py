@@ -1,6 +1,8 @@
 """From log-probabilities and rewards to per-sample advantages: KL estimators and baselines.
 
-Pure NumPy on (B,) vectors; the (B, N) gradients never pass through here.
+Pure NumPy on (B,) vectors; the (B, N) gradients never pass through here. Overflow is
+looked for, not warned about: these run under ``np.errstate(over="ignore",
+invalid="ignore")``, as `app.core.compute_update` sets it.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ __all__ = [
     "WHITEN_EPS",
     "advantages",
     "kl_estimate",
+    "l2_norm",
     "mean",
     "sample_std",
+    "scaled_sum_of_squares",
     "whiten",
 ]
 
@@ -31,6 +35,8 @@ KL3_LOG_RATIO_BOUND = 20.0
 GRPO_EPS = 1e-4
 # TRL's `whiten`: (A - mean) / sqrt(var + 1e-8), var the sample variance of the batch.
 WHITEN_EPS = 1e-8
+# A sum of squares at least this large is not spoilt by squares that underflowed.
+_SQUARES_SAFE_MIN = 2.0**-900
 
 
 def kl_estimate(log_ratio: FloatArray, estimator: str) -> FloatArray:
@@ -142,16 +148,40 @@ def mean(values: FloatArray) -> float:
     return result
 
 
-def sample_std(values: FloatArray) -> float:
-    """Sample standard deviation (ddof = 1), 0 for a single value; no overflow in squares."""
+def sample_std(values: FloatArray, values_mean: float | None = None) -> float:
+    """Sample standard deviation (ddof = 1), 0 for a single value; no overflow in squares.
+
+    `values_mean`, when the caller has it already, is ``mean(values)``.
+    """
     if values.size < 2:
         return 0.0
-    centred = values - mean(values)
-    scale = _power_of_two_scale(centred)
+    centred = values - (mean(values) if values_mean is None else values_mean)
+    scale, squares = scaled_sum_of_squares(centred)
+    return scale * math.sqrt(squares / (values.size - 1))
+
+
+def l2_norm(values: FloatArray) -> float:
+    """Euclidean norm, without overflow or underflow in the squares."""
+    scale, squares = scaled_sum_of_squares(values)
+    return scale * math.sqrt(squares)
+
+
+def scaled_sum_of_squares(values: FloatArray) -> tuple[float, float]:
+    """``(s, q)`` with ``sum(values**2) = s**2 * q``, q free of overflow and underflow.
+
+    Usually ``s = 1``: a finite sum of squares proves that none overflowed, and one of at
+    least 2**-900 loses nothing that matters to squares that underflowed (each is below
+    2**-1022). Otherwise the values are divided by a power of two (exactly) first.
+    """
+    squares = float(values @ values)
+    if _SQUARES_SAFE_MIN <= squares < math.inf:
+        return 1.0, squares
+    scale = _power_of_two_scale(values)
     if scale == 0.0 or not math.isfinite(scale):
-        return 0.0 if scale == 0.0 else math.inf
-    scaled = centred / scale
-    return scale * math.sqrt(float(scaled @ scaled) / (values.size - 1))
+        # All zeros: (0, 0). An infinite entry: (inf, 1), a norm of inf.
+        return scale, float(scale != 0.0)
+    scaled = values / scale
+    return scale, float(scaled @ scaled)
 
 
 def group_means(values: FloatArray, groups: Groups) -> FloatArray:

@@ -13,7 +13,15 @@ from typing import Any, cast
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from app.advantages import advantages, kl_estimate, mean, sample_std, whiten
+from app.advantages import (
+    advantages,
+    kl_estimate,
+    l2_norm,
+    mean,
+    sample_std,
+    scaled_sum_of_squares,
+    whiten,
+)
 from app.options import (
     DEFAULT_OPTIONS,
     Groups,
@@ -257,40 +265,48 @@ def compute_update(
     if options.kl_clamp is not None:
         kl = np.clip(kl, -float(options.kl_clamp), float(options.kl_clamp))
     adjusted = r - checked.beta * kl
-    advantage = advantages(adjusted, checked.groups, options.baseline, options.grpo_scale)
+    advantage = (
+        adjusted
+        if checked.groups is None
+        else advantages(adjusted, checked.groups, options.baseline, options.grpo_scale)
+    )
     if options.normalize_advantages:
         advantage = whiten(advantage)
     # Without a baseline or whitening the advantages are the adjusted rewards themselves.
     same = advantage is adjusted
     intermediates = {"kl": kl, "adjusted": adjusted} | ({} if same else {"advantage": advantage})
     _require_finite_results(estimator=options.estimator, **intermediates)
-    grad = _mean_of_rows(advantage, checked.arrays["log_prob_grads"])
-    grad_norm = _l2_norm(grad)
+    grad, grad_norm = _gradient(advantage, checked.arrays["log_prob_grads"])
+    step_norm = grad_norm
     clipped = False
     if options.max_grad_norm is not None and grad_norm > options.max_grad_norm:
         # torch.nn.utils.clip_grad_norm_'s factor, 1e-6 included.
         grad = grad * (float(options.max_grad_norm) / (grad_norm + 1e-6))
+        step_norm = l2_norm(grad)
         clipped = True
-    step = checked.lr * grad
     # lr = 0 returns the weights bit for bit: w + 0.0 would turn -0.0 into 0.0.
-    new_weights = w + step if checked.lr else w.copy()
+    new_weights = w + checked.lr * grad if checked.lr else w.copy()
     kl_mean = mean(kl)
+    reward_mean = mean(r)
     adjusted_mean = mean(adjusted)
+    advantage_mean = adjusted_mean if same else mean(advantage)
+    # Unless clamped, the update's own estimate is one of the three reported side by side.
+    own_estimate = {options.estimator: kl_mean} if options.kl_clamp is None else {}
     stats = UpdateStats(
         kl_mean=kl_mean,
         kl_max=float(kl.max()),
-        reward_mean=mean(r),
-        reward_std=sample_std(r),
+        reward_mean=reward_mean,
+        reward_std=sample_std(r, reward_mean),
         adjusted_reward_mean=adjusted_mean,
-        advantage_mean=adjusted_mean if same else mean(advantage),
-        advantage_std=sample_std(advantage),
+        advantage_mean=advantage_mean,
+        advantage_std=sample_std(advantage, advantage_mean),
         grad_norm=grad_norm,
         clipped=clipped,
-        update_norm=_l2_norm(step),
+        update_norm=checked.lr * step_norm,
         next_beta=_next_beta(checked.beta, kl_mean, r.size, options),
-        kl_estimates=_kl_estimates(log_ratio, kl_mean if kl is log_ratio else None),
+        kl_estimates=_kl_estimates(log_ratio, own_estimate),
     )
-    _require_finite_results(grad=grad, new_weights=new_weights)
+    _require_finite_results(new_weights=new_weights)
     _require_finite_stats(stats)
     return UpdateResult(weights=new_weights, stats=stats)
 
@@ -305,14 +321,23 @@ def _next_beta(
     return beta * (1.0 + error * batch_size / float(options.kl_horizon))
 
 
-def _kl_estimates(log_ratio: FloatArray, k1_mean: float | None) -> KlEstimates:
-    """The three estimators' batch means; `k1_mean` when the update already has it."""
+def _kl_estimates(log_ratio: FloatArray, known: dict[str, float]) -> KlEstimates:
+    """The batch means of k1, k2 and k3; those in `known` are taken as they are."""
     means = [
-        k1_mean if name == "k1" and k1_mean is not None else mean(kl_estimate(log_ratio, name))
+        known[name] if name in known else _kl_estimate_mean(log_ratio, name)
         for name in ("k1", "k2", "k3")
     ]
-    k1, k2, k3 = (value if np.isfinite(value) else None for value in means)
+    k1, k2, k3 = (value if math.isfinite(value) else None for value in means)
     return KlEstimates(k1=k1, k2=k2, k3=k3)
+
+
+def _kl_estimate_mean(log_ratio: FloatArray, estimator: str) -> float:
+    """The batch mean of one estimator's per-sample estimates."""
+    if estimator == "k2":
+        # mean(d**2 / 2) from one product, scaled so that the squares cannot overflow.
+        scale, squares = scaled_sum_of_squares(log_ratio)
+        return 0.5 * scale * (scale * (squares / log_ratio.size))
+    return mean(kl_estimate(log_ratio, estimator))
 
 
 def in_weights_dtype(result: UpdateResult, dtype: np.dtype[np.floating[Any]]) -> UpdateResult:
@@ -365,7 +390,7 @@ class _CheckedInputs:
     arrays: dict[str, FloatArray]
     beta: float
     lr: float
-    groups: Groups
+    groups: Groups | None  # None without a baseline
 
 
 def _checked_inputs(
@@ -381,18 +406,18 @@ def _checked_inputs(
     beta_value = _as_scalar("beta", beta, problems)
     lr_value = _as_scalar("lr", lr, problems)
     problems += [InputProblem((name,), msg) for name, msg in option_problems(options)]
-    groups = None
+    groups = None  # only a baseline needs them
     if not problems:
         problems = _shape_problems(arrays)
         batch_size = arrays["rewards"].shape[0]
-        groups = Groups.whole_batch(batch_size)
+        ids = None
         if options.group_ids is not None:
             ids, id_problems = group_id_problems(options.group_ids, batch_size)
             problems += [InputProblem(loc, msg) for loc, msg in id_problems]
-            if ids is not None:
-                groups = Groups.from_ids(ids)
-        if not problems and options.baseline == "rloo":
-            problems = _rloo_problems(groups, grouped=options.group_ids is not None)
+        if not problems and options.baseline != "none":
+            groups = Groups.whole_batch(batch_size) if ids is None else Groups.from_ids(ids)
+            if options.baseline == "rloo":
+                problems = _rloo_problems(groups, grouped=ids is not None)
     if not problems:
         problems = [
             InputProblem(
@@ -401,7 +426,7 @@ def _checked_inputs(
             for name, array in arrays.items()
             if (index := _first_non_finite(array)) is not None
         ]
-    if problems or groups is None:  # groups is None only when there are problems
+    if problems:
         raise InvalidInputError(problems)
     return _CheckedInputs(arrays, beta_value, lr_value, groups)
 
@@ -453,16 +478,20 @@ def _as_float64(name: str, value: ArrayLike, problems: list[InputProblem]) -> Fl
 
 
 def _as_scalar(name: str, value: float, problems: list[InputProblem]) -> float:
-    try:
-        array = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError, OverflowError):
-        problems.append(InputProblem((name,), f"{name} is not a number; expected a float >= 0"))
-        return float("nan")
-    if array.ndim != 0:
-        problems.append(InputProblem((name,), f"{name} has shape {array.shape}; expected a scalar"))
-        return float("nan")
-    scalar = float(array)
-    if not (np.isfinite(scalar) and scalar >= 0):
+    if isinstance(value, float):  # as the decoders give it: no conversion through NumPy
+        scalar = float(value)
+    else:
+        try:
+            array = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError, OverflowError):
+            problems.append(InputProblem((name,), f"{name} is not a number; expected a float >= 0"))
+            return float("nan")
+        if array.ndim != 0:
+            msg = f"{name} has shape {array.shape}; expected a scalar"
+            problems.append(InputProblem((name,), msg))
+            return float("nan")
+        scalar = float(array)
+    if not (math.isfinite(scalar) and scalar >= 0):
         problems.append(InputProblem((name,), f"{name} is {scalar}; expected a finite number >= 0"))
     return scalar
 
@@ -539,23 +568,22 @@ def _require_finite_stats(stats: UpdateStats) -> None:
             raise UpdateOverflowError([InputProblem(("stats", name), msg)])
 
 
-def _mean_of_rows(coefficients: FloatArray, rows: FloatArray) -> FloatArray:
-    """``coefficients @ rows / B``: one matrix-vector product, no (B, N) temporary."""
-    b = coefficients.size
-    grad: FloatArray = (coefficients @ rows) / b
-    if not np.isfinite(grad).all() and np.isfinite(coefficients).all():
-        # A column sum overflowed although its mean may be representable: divide first.
-        grad = (coefficients / b) @ rows
-    return grad
+def _gradient(advantage: FloatArray, grads: FloatArray) -> tuple[FloatArray, float]:
+    """The policy gradient ``advantage @ grads / B`` and its L2 norm.
 
-
-def _l2_norm(values: FloatArray) -> float:
-    """L2 norm without overflow or underflow in the squares (scaled by the largest entry)."""
-    scale = float(np.abs(values).max())
-    if scale == 0.0 or not np.isfinite(scale):
-        return scale
-    scaled = values / scale
-    return scale * float(np.sqrt(scaled @ scaled))
+    One matrix-vector product, no (B, N) temporary. Raises `UpdateOverflowError` when an
+    entry of the gradient overflows.
+    """
+    b = advantage.size
+    grad: FloatArray = (advantage @ grads) / b
+    norm = l2_norm(grad)
+    # A finite norm proves every entry finite. Otherwise a column sum may have overflowed
+    # although its mean is representable: divide first, then look.
+    if not math.isfinite(norm):
+        grad = (advantage / b) @ grads
+        _require_finite_results(grad=grad)
+        norm = l2_norm(grad)
+    return grad, norm
 
 
 def _path(name: str, index: tuple[int, ...]) -> str:
