@@ -20,8 +20,7 @@ from app.metrics import UpdateMetrics
 from app.metrics import router as metrics_router
 from app.probes import router as probes_router
 from app.request_id import RequestIdMiddleware
-from app.routes import problem_doc
-from app.routes import router as update_router
+from app.routes import install_update_route, problem_doc
 from app.settings import Settings
 from app.update_observer import UpdateObserver
 
@@ -75,9 +74,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     token = settings.bearer_token()
     if token is not None:
         update_guards.append(Depends(bearer_token_check(token)))
-    app.include_router(
-        update_router,
-        dependencies=update_guards,
+    install_update_route(
+        app,
+        update_guards,
         responses={
             **({401: problem_doc("The bearer token is missing or wrong.")} if token else {}),
             503: problem_doc(
