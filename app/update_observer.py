@@ -91,19 +91,22 @@ class UpdateObserver:
         duration: float,
     ) -> None:
         metrics = self.metrics
-        metrics.requests.labels(status=str(status), format=body_format).inc()
+        metrics.child(metrics.requests, str(status), body_format).inc()
         metrics.duration.observe(duration)
         metrics.request_bytes.observe(body_bytes)
         if (reason := rejection_reason(status, context.error)) is not None:
-            metrics.rejected.labels(reason).inc()
+            metrics.child(metrics.rejected, reason).inc()
         if context.batch_size is not None and context.params is not None:
             metrics.batch_size.observe(context.batch_size)
             metrics.params.observe(context.params)
         for stage, seconds in context.stage_seconds.items():
-            metrics.stage_duration.labels(stage).observe(seconds)
+            metrics.child(metrics.stage_duration, stage).observe(seconds)
         if context.kl_mean is not None:
             metrics.kl_mean.observe(context.kl_mean)
 
+        level = logging.ERROR if status >= 500 else logging.INFO
+        if not logger.isEnabledFor(level):
+            return
         line: dict[str, Any] = {
             "request_id": context.request_id,
             "status": status,
@@ -118,4 +121,4 @@ class UpdateObserver:
             line["kl_mean"] = context.kl_mean
         if context.error is not None:
             line["error"] = context.error
-        logger.log(logging.ERROR if status >= 500 else logging.INFO, "update", extra=line)
+        logger.log(level, "update", extra=line)
