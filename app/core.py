@@ -294,7 +294,7 @@ def compute_update(
     own_estimate = {options.estimator: kl_mean} if options.kl_clamp is None else {}
     stats = UpdateStats(
         kl_mean=kl_mean,
-        kl_max=float(kl.max()),
+        kl_max=float(np.maximum.reduce(kl)),
         reward_mean=reward_mean,
         reward_std=sample_std(r, reward_mean),
         adjusted_reward_mean=adjusted_mean,
@@ -383,6 +383,7 @@ ARRAY_SHAPES = {
     "ref_log_probs": "(B,)",
     "log_prob_grads": "(B, N)",
 }
+_NDIMS = {name: shape.count("B") + shape.count("N") for name, shape in ARRAY_SHAPES.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -405,7 +406,8 @@ def _checked_inputs(
     }
     beta_value = _as_scalar("beta", beta, problems)
     lr_value = _as_scalar("lr", lr, problems)
-    problems += [InputProblem((name,), msg) for name, msg in option_problems(options)]
+    if options is not DEFAULT_OPTIONS:  # the defaults are valid; tests/test_options.py checks
+        problems += [InputProblem((name,), msg) for name, msg in option_problems(options)]
     groups = None  # only a baseline needs them
     if not problems:
         problems = _shape_problems(arrays)
@@ -462,8 +464,7 @@ _MAX_GROUP_PROBLEMS = 20
 
 
 def _as_float64(name: str, value: ArrayLike, problems: list[InputProblem]) -> FloatArray | None:
-    shape = ARRAY_SHAPES[name]
-    ndim = shape.count("B") + shape.count("N")
+    shape, ndim = ARRAY_SHAPES[name], _NDIMS[name]
     try:
         array = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError, OverflowError) as exc:

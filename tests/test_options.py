@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.core import InvalidInputError, UpdateOptions, UpdateOverflowError, compute_update
+from app.options import DEFAULT_OPTIONS, option_problems
 from tests.reference import EXAMPLE, reference_options_update
 
 
@@ -334,6 +335,12 @@ def test_invalid_options_are_named(
     with pytest.raises(InvalidInputError, match=match) as info:
         compute_update(**args, beta=1.0, lr=0.1, options=UpdateOptions(**options))
     assert info.value.problems[0].loc == loc
+
+
+def test_the_defaults_are_valid_options() -> None:
+    # compute_update takes DEFAULT_OPTIONS as valid without checking them again.
+    assert option_problems(DEFAULT_OPTIONS) == []
+    assert option_problems(UpdateOptions()) == []
 
 
 def test_rloo_on_a_batch_of_one_sample_without_groups() -> None:
