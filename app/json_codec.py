@@ -2,9 +2,10 @@
 
 Valid requests take a fast path: msgspec decodes the body straight into lists of floats
 (strict: numbers only, no unknown fields, out-of-range literals refused) about twice as
-fast as Pydantic. Anything the fast path does not accept whole goes through the Pydantic
-model, which words every error; both accept exactly the same bodies and parse each number
-to the same correctly rounded float64.
+fast as Pydantic, and hands the few algorithm options, as raw JSON, to the Pydantic model
+of the options. Anything the fast path does not accept whole goes through the Pydantic
+model of the whole request, which words every error; both accept exactly the same bodies
+and parse each number to the same correctly rounded float64.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Sequence
 from dataclasses import fields
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import numpy as np
@@ -22,7 +23,13 @@ from pydantic_core import ErrorDetails
 
 from app.core import InputProblem, KlEstimates, UpdateResult, UpdateStats
 from app.errors import InvalidPayloadError, MalformedBodyError
-from app.options import BASELINES, GRPO_SCALES, KL_ESTIMATORS
+from app.options import (
+    BASELINES,
+    DEFAULT_OPTIONS,
+    GRPO_SCALES,
+    KL_ESTIMATORS,
+    UpdateOptions,
+)
 from app.payload import UpdatePayload
 from app.schemas import UpdateOptionsModel, UpdateRequest
 
@@ -50,7 +57,7 @@ _EXPECTED = {
 }
 
 
-class _FastRequest(msgspec.Struct, forbid_unknown_fields=True):
+class _FastArrays(msgspec.Struct, forbid_unknown_fields=True):
     """The request for msgspec: the types of `UpdateRequest`, its value checks done after."""
 
     weights: list[float]
@@ -62,6 +69,14 @@ class _FastRequest(msgspec.Struct, forbid_unknown_fields=True):
     lr: float
 
 
+# The options are few and small: msgspec keeps each as its raw JSON (empty when absent) and
+# UpdateOptionsModel reads them, so that they follow the Pydantic path's rules exactly.
+_FastRequest = msgspec.defstruct(
+    "_FastRequest",
+    [(name, msgspec.Raw, msgspec.Raw()) for name in _OPTIONS],
+    bases=(_FastArrays,),
+    forbid_unknown_fields=True,
+)
 _FAST_DECODER = msgspec.json.Decoder(_FastRequest)
 
 
@@ -108,9 +123,10 @@ def decode_update_request(body: bytes | bytearray) -> UpdatePayload:
 def _decode_valid(body: bytes | bytearray) -> UpdatePayload | None:
     """The payload of a body that satisfies every rule of `UpdateRequest`, else None."""
     try:
-        request = _FAST_DECODER.decode(body)
+        request = cast(_FastArrays, _FAST_DECODER.decode(body))
     except msgspec.DecodeError:
         return None
+    options = _fast_options(request)
     n = len(request.weights)
     if (
         n == 0
@@ -118,6 +134,7 @@ def _decode_valid(body: bytes | bytearray) -> UpdatePayload | None:
         or any(len(row) != n for row in request.log_prob_grads)
         or request.beta < 0
         or request.lr < 0
+        or options is None
     ):
         return None
     # msgspec has refused NaN, Infinity and literals beyond float64: every number is finite.
@@ -129,7 +146,20 @@ def _decode_valid(body: bytes | bytearray) -> UpdatePayload | None:
         log_prob_grads=np.array(request.log_prob_grads, dtype=np.float64).reshape(-1, n),
         beta=request.beta,
         lr=request.lr,
+        options=options,
     )
+
+
+def _fast_options(request: _FastArrays) -> UpdateOptions | None:
+    """The options of a body msgspec decoded, or None when UpdateOptionsModel refuses them."""
+    given = [(name, bytes(raw)) for name in _OPTIONS if (raw := getattr(request, name))]
+    if not given:
+        return DEFAULT_OPTIONS
+    document = b"{" + b",".join(b'"%s":%s' % (name.encode(), raw) for name, raw in given) + b"}"
+    try:
+        return UpdateOptionsModel.model_validate_json(document).to_options()
+    except ValidationError:
+        return None
 
 
 def encode_update_response(result: UpdateResult) -> bytes:

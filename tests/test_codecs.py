@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+from dataclasses import fields
 from typing import Any
 
 import numpy as np
@@ -12,9 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import save
 
-from app.errors import UnsupportedMediaTypeError
+from app.errors import InvalidPayloadError, UnsupportedMediaTypeError
 from app.json_codec import decode_update_request
 from app.media import response_format, wire_format
+from app.options import UpdateOptions
 from app.safetensors_codec import decode_safetensors
 from app.schemas import UpdateRequest
 from tests.test_safetensors_api import example_tensors
@@ -109,3 +111,47 @@ def test_wire_format_refuses_other_media_types(content_type: str) -> None:
 )
 def test_response_format(accept: str | None, expected: str) -> None:
     assert response_format(accept) == expected
+
+
+OPTION_CASES = [
+    {"baseline": "grpo", "group_ids": [3, 3], "normalize_advantages": True},
+    {"kl_estimator": "low_var_kl", "kl_clamp": 5, "reward_clip": 2.5, "max_grad_norm": 1e-3},
+    {"target_kl": 0.1, "kl_horizon": 1000, "grpo_scale": "none", "group_ids": None},
+    {"baseline": "rloo", "group_ids": [-(2**63), 2**63 - 1]},
+]
+
+
+@pytest.mark.parametrize("options", OPTION_CASES)
+def test_options_take_the_fast_path_and_read_as_the_model_reads_them(
+    options: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    body = json.dumps(example_tensors_as_json() | options).encode()
+    expected = UpdateRequest.model_validate_json(body).to_options()
+
+    def refuse(*_: object, **__: object) -> None:
+        msg = "the whole body went through the Pydantic model"
+        raise AssertionError(msg)
+
+    monkeypatch.setattr(UpdateRequest, "model_validate_json", refuse)
+    got = decode_update_request(body).options
+    assert [getattr(got, f.name) for f in fields(UpdateOptions)] == [
+        getattr(expected, f.name) for f in fields(UpdateOptions)
+    ]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"baseline": "ppo"},
+        {"max_grad_norm": 0},
+        {"normalize_advantages": 1},
+        {"group_ids": [1.5, 2]},
+        {"group_ids": [2**63, 1]},
+        {"kl_clamp": "1"},
+    ],
+)
+def test_options_the_model_refuses_get_its_worded_errors(options: dict[str, Any]) -> None:
+    body = json.dumps(example_tensors_as_json() | options).encode()
+    with pytest.raises(InvalidPayloadError) as info:
+        decode_update_request(body)
+    assert info.value.problems[0].loc[0] == next(iter(options))
