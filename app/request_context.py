@@ -13,7 +13,9 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
-__all__ = ["RequestContext", "StageTimer", "current_context", "open_context"]
+from starlette.types import Scope
+
+__all__ = ["RequestContext", "StageTimer", "current_context", "open_context", "scope_header"]
 
 
 @dataclass(slots=True)
@@ -56,6 +58,18 @@ class StageTimer:
 
     def __exit__(self, *exc_info: object) -> None:
         self._seconds[self._name] = time.perf_counter() - self._start
+
+
+def scope_header(scope: Scope, name: bytes) -> str | None:
+    """The first value of the header `name` (lower case) in an ASGI scope, or None.
+
+    What `starlette.datastructures.Headers(scope=scope).get` returns, without building
+    the mapping: the middlewares read one header each on every request.
+    """
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
 
 
 _current: ContextVar[RequestContext | None] = ContextVar("request_context", default=None)

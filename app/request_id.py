@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.request_context import open_context
+from app.request_context import open_context, scope_header
 
 __all__ = ["REQUEST_ID_HEADER", "RequestIdMiddleware", "new_request_id", "valid_request_id"]
 
 REQUEST_ID_HEADER = "X-Request-ID"
+_REQUEST_ID_KEY = REQUEST_ID_HEADER.lower().encode()  # as ASGI servers pass header names
 # Letters, digits, dot, underscore, dash: safe in logs and headers, no room for injection.
 _VALID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
 def new_request_id() -> str:
-    """A fresh, unique request id (32 hex digits)."""
-    return uuid.uuid4().hex
+    """A fresh, unique request id: 128 random bits as 32 hex digits."""
+    # As unique as a uuid4 (which keeps 122 of its bits random), without building a UUID
+    # object, which costs several microseconds on every request.
+    return os.urandom(16).hex()
 
 
 def valid_request_id(candidate: str | None) -> str:
@@ -39,7 +42,7 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = valid_request_id(Headers(scope=scope).get(REQUEST_ID_HEADER))
+        request_id = valid_request_id(scope_header(scope, _REQUEST_ID_KEY))
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":

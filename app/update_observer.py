@@ -10,12 +10,11 @@ import logging
 import time
 from typing import Any
 
-from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.media import body_format
 from app.metrics import UpdateMetrics
-from app.request_context import RequestContext, current_context
+from app.request_context import RequestContext, current_context, scope_header
 
 __all__ = ["UpdateObserver", "rejection_reason"]
 
@@ -76,7 +75,7 @@ class UpdateObserver:
             self._record(
                 context,
                 status=status,
-                body_format=body_format(Headers(scope=scope).get("content-type")),
+                body_format=body_format(scope_header(scope, b"content-type")),
                 body_bytes=body_bytes,
                 duration=time.perf_counter() - start,
             )

@@ -7,8 +7,10 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from starlette.datastructures import Headers
 
 from app.main import create_app
+from app.request_context import scope_header
 from app.request_id import valid_request_id
 from app.settings import Settings
 from tests.asgi import body_chunks, raw_post
@@ -54,6 +56,18 @@ def test_fresh_ids_are_unique(client: TestClient) -> None:
     ids = {client.get("/healthz").headers["x-request-id"] for _ in range(50)}
     assert len(ids) == 50
     assert all(FRESH.fullmatch(i) for i in ids)
+
+
+def test_scope_header_reads_a_header_as_starlette_does() -> None:
+    raw = [
+        (b"content-type", b"application/json"),
+        (b"x-request-id", b"first"),
+        (b"x-request-id", b"second"),
+        (b"x-note", "caf\u00e9".encode("latin-1")),
+    ]
+    scope: dict[str, Any] = {"type": "http", "headers": raw}
+    for name in ("x-request-id", "content-type", "x-note", "accept"):
+        assert scope_header(scope, name.encode()) == Headers(scope=scope).get(name)
 
 
 def test_validation_rule() -> None:
