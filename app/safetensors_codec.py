@@ -169,7 +169,7 @@ def _sparse_copy(header: bytes | bytearray, size: int) -> Iterator[str]:
             yield f"/proc/self/fd/{fd}"
         finally:
             os.close(fd)
-    else:  # pragma: no cover - platforms without memfd (macOS): a temporary file instead
+    else:  # platforms without memfd (macOS): a temporary file instead
         with tempfile.NamedTemporaryFile() as file:
             file.write(header)
             file.truncate(size)

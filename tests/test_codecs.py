@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 from dataclasses import fields
 from typing import Any
@@ -13,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import save
 
-from app.errors import InvalidPayloadError, UnsupportedMediaTypeError
+from app.errors import InvalidPayloadError, MalformedSafetensorsError, UnsupportedMediaTypeError
 from app.json_codec import decode_update_request
 from app.media import response_format, wire_format
 from app.options import UpdateOptions
@@ -36,6 +37,17 @@ def test_safetensors_arrays_are_read_only_views_on_the_body() -> None:
         assert not array.flags.writeable
         assert np.array_equal(array, tensors[field])
     assert (payload.beta, payload.lr) == (1.0, 0.1)
+
+
+def test_safetensors_header_is_read_without_memfd_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Platforms without memfd_create (macOS) show safetensors the header in a temporary file.
+    monkeypatch.delattr(os, "memfd_create")
+    tensors = example_tensors()
+    payload = decode_safetensors(bytearray(save(tensors)))
+    for field in FIELDS:
+        assert np.array_equal(getattr(payload, field), tensors[field])
+    with pytest.raises(MalformedSafetensorsError):
+        decode_safetensors(bytearray(b'\x08\x00\x00\x00\x00\x00\x00\x00{"a": 1}'))
 
 
 finite = st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(2**70), 2**70)
