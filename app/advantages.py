@@ -19,6 +19,7 @@ __all__ = [
     "KL3_LOG_RATIO_BOUND",
     "WHITEN_EPS",
     "advantages",
+    "clamp",
     "kl_estimate",
     "l2_norm",
     "mean",
@@ -70,12 +71,22 @@ def kl_estimate(log_ratio: FloatArray, estimator: str) -> FloatArray:
     if estimator == "k2":
         return 0.5 * (log_ratio * log_ratio)
     if estimator == "k3":
-        bounded = np.clip(log_ratio, -KL3_LOG_RATIO_BOUND, KL3_LOG_RATIO_BOUND)
+        bounded = clamp(log_ratio, KL3_LOG_RATIO_BOUND)
         return np.expm1(-bounded) + bounded
     if estimator == "abs":
         return np.abs(log_ratio)
     msg = f"unknown KL estimator {estimator!r}"
     raise ValueError(msg)
+
+
+def clamp(values: FloatArray, bound: float) -> FloatArray:
+    """``values`` limited to ``[-bound, bound]``, NaN kept: `np.clip` without its wrapper.
+
+    >>> clamp(np.array([-3.0, 0.5, 3.0]), 2.0)
+    array([-2. ,  0.5,  2. ])
+    """
+    clamped: FloatArray = np.minimum(np.maximum(values, -bound), bound)
+    return clamped
 
 
 def advantages(adjusted: FloatArray, groups: Groups, baseline: str, grpo_scale: str) -> FloatArray:
@@ -173,7 +184,7 @@ def scaled_sum_of_squares(values: FloatArray) -> tuple[float, float]:
     least 2**-900 loses nothing that matters to squares that underflowed (each is below
     2**-1022). Otherwise the values are divided by a power of two (exactly) first.
     """
-    squares = float(values @ values)
+    squares = float(values.dot(values))
     if _SQUARES_SAFE_MIN <= squares < math.inf:
         return 1.0, squares
     scale = _power_of_two_scale(values)
@@ -181,7 +192,7 @@ def scaled_sum_of_squares(values: FloatArray) -> tuple[float, float]:
         # All zeros: (0, 0). An infinite entry: (inf, 1), a norm of inf.
         return scale, float(scale != 0.0)
     scaled = values / scale
-    return scale, float(scaled @ scaled)
+    return scale, float(scaled.dot(scaled))
 
 
 def group_means(values: FloatArray, groups: Groups) -> FloatArray:

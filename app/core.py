@@ -15,6 +15,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from app.advantages import (
     advantages,
+    clamp,
     kl_estimate,
     l2_norm,
     mean,
@@ -203,6 +204,7 @@ def compute_update(
     beta: float,
     lr: float,
     options: UpdateOptions = DEFAULT_OPTIONS,
+    inputs_finite: bool = False,
 ) -> UpdateResult:
     """Compute the update of `rlhf_weight_update`, with algorithm options and diagnostics.
 
@@ -213,6 +215,10 @@ def compute_update(
     options : UpdateOptions, optional
         KL estimator, clamps, baseline, normalisation, gradient clipping and adaptive
         KL. The default reproduces `rlhf_weight_update` bit for bit.
+    inputs_finite : bool, optional
+        True when the caller has already proven every entry of the arrays finite (the
+        JSON decoder refuses NaN, Infinity and literals beyond float64), so that they
+        are not scanned again. Intermediate and final results are checked regardless.
 
     Returns
     -------
@@ -256,14 +262,16 @@ def compute_update(
         beta=beta,
         lr=lr,
         options=options,
+        inputs_finite=inputs_finite,
     )
+    estimator = options.estimator
     w, r = checked.arrays["weights"], checked.arrays["rewards"]
     if options.reward_clip is not None:
-        r = np.clip(r, -float(options.reward_clip), float(options.reward_clip))
+        r = clamp(r, float(options.reward_clip))
     log_ratio = checked.arrays["policy_log_probs"] - checked.arrays["ref_log_probs"]
-    kl = kl_estimate(log_ratio, options.estimator)
+    kl = kl_estimate(log_ratio, estimator)
     if options.kl_clamp is not None:
-        kl = np.clip(kl, -float(options.kl_clamp), float(options.kl_clamp))
+        kl = clamp(kl, float(options.kl_clamp))
     adjusted = r - checked.beta * kl
     advantage = (
         adjusted
@@ -274,8 +282,7 @@ def compute_update(
         advantage = whiten(advantage)
     # Without a baseline or whitening the advantages are the adjusted rewards themselves.
     same = advantage is adjusted
-    intermediates = {"kl": kl, "adjusted": adjusted} | ({} if same else {"advantage": advantage})
-    _require_finite_results(estimator=options.estimator, **intermediates)
+    _require_finite_advantages(kl, adjusted, None if same else advantage, estimator)
     grad, grad_norm = _gradient(advantage, checked.arrays["log_prob_grads"])
     step_norm = grad_norm
     clipped = False
@@ -291,7 +298,7 @@ def compute_update(
     adjusted_mean = mean(adjusted)
     advantage_mean = adjusted_mean if same else mean(advantage)
     # Unless clamped, the update's own estimate is one of the three reported side by side.
-    own_estimate = {options.estimator: kl_mean} if options.kl_clamp is None else {}
+    own_estimate = {estimator: kl_mean} if options.kl_clamp is None else {}
     stats = UpdateStats(
         kl_mean=kl_mean,
         kl_max=float(np.maximum.reduce(kl)),
@@ -395,7 +402,12 @@ class _CheckedInputs:
 
 
 def _checked_inputs(
-    values: dict[str, ArrayLike], *, beta: float, lr: float, options: UpdateOptions
+    values: dict[str, ArrayLike],
+    *,
+    beta: float,
+    lr: float,
+    options: UpdateOptions,
+    inputs_finite: bool,
 ) -> _CheckedInputs:
     """Convert every argument to float64 and check it; report all problems of a stage at once."""
     problems: list[InputProblem] = []
@@ -420,7 +432,7 @@ def _checked_inputs(
             groups = Groups.whole_batch(batch_size) if ids is None else Groups.from_ids(ids)
             if options.baseline == "rloo":
                 problems = _rloo_problems(groups, grouped=ids is not None)
-    if not problems:
+    if not problems and not inputs_finite:
         problems = [
             InputProblem(
                 (name, *index), f"{_path(name, index)} is {array[index]}; expected a finite number"
@@ -550,6 +562,20 @@ _DESCRIPTIONS = {
 }
 
 
+def _require_finite_advantages(
+    kl: FloatArray, adjusted: FloatArray, advantage: FloatArray | None, estimator: str
+) -> None:
+    """Name the first per-sample quantity that overflowed: kl, adjusted or advantage.
+
+    A non-finite KL estimate makes the adjusted reward non-finite too (``beta * inf`` is
+    infinite, ``0 * inf`` is NaN), so kl is looked at only when adjusted is not finite.
+    """
+    if _first_non_finite(adjusted) is not None:
+        _require_finite_results(estimator=estimator, kl=kl, adjusted=adjusted)
+    if advantage is not None:
+        _require_finite_results(advantage=advantage)
+
+
 def _require_finite_results(estimator: str = "k1", **quantities: FloatArray) -> None:
     for name, values in quantities.items():
         index = _first_non_finite(values)
@@ -576,12 +602,13 @@ def _gradient(advantage: FloatArray, grads: FloatArray) -> tuple[FloatArray, flo
     entry of the gradient overflows.
     """
     b = advantage.size
-    grad: FloatArray = (advantage @ grads) / b
+    # ndarray.dot: the same BLAS product as @, with less dispatch for small arrays.
+    grad: FloatArray = advantage.dot(grads) / b
     norm = l2_norm(grad)
     # A finite norm proves every entry finite. Otherwise a column sum may have overflowed
     # although its mean is representable: divide first, then look.
     if not math.isfinite(norm):
-        grad = (advantage / b) @ grads
+        grad = (advantage / b).dot(grads)
         _require_finite_results(grad=grad)
         norm = l2_norm(grad)
     return grad, norm

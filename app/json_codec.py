@@ -117,6 +117,7 @@ def decode_update_request(body: bytes | bytearray) -> UpdatePayload:
         beta=request.beta,
         lr=request.lr,
         options=request.to_options(),
+        finite=True,  # allow_inf_nan=False
     )
 
 
@@ -147,6 +148,7 @@ def _decode_valid(body: bytes | bytearray) -> UpdatePayload | None:
         beta=request.beta,
         lr=request.lr,
         options=options,
+        finite=True,
     )
 
 

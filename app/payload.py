@@ -15,7 +15,8 @@ class UpdatePayload:
     """The arrays, scalars and options of one update, as the decoder produced them.
 
     Arrays are float64, or float32 from a binary body; they may be read-only views on the
-    request body, which nothing here writes to.
+    request body, which nothing here writes to. `finite` is True when the decoder has
+    already proven every entry finite (JSON, which has no NaN or Infinity here).
     """
 
     weights: AnyFloatArray
@@ -26,6 +27,7 @@ class UpdatePayload:
     beta: float
     lr: float
     options: UpdateOptions = DEFAULT_OPTIONS
+    finite: bool = False
 
     def compute(self) -> UpdateResult:
         """Run the update in float64, answering in the dtype of the weights.
@@ -41,5 +43,6 @@ class UpdatePayload:
             beta=self.beta,
             lr=self.lr,
             options=self.options,
+            inputs_finite=self.finite,
         )
         return in_weights_dtype(result, self.weights.dtype)

@@ -30,7 +30,7 @@ COMBINED: dict[str, Any] = {
 def test_options_reach_the_core(client: TestClient) -> None:
     args = random_batch(11)
     body = client.post("/update", json={**args, **COMBINED}).json()
-    arrays = {k: np.asarray(v) for k, v in args.items() if k not in ("beta", "lr")}
+    arrays: dict[str, Any] = {k: np.asarray(v) for k, v in args.items() if k not in ("beta", "lr")}
     direct = compute_update(
         **arrays, beta=args["beta"], lr=args["lr"], options=UpdateOptions(**COMBINED)
     )

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import save
 
+from app import json_codec
 from app.errors import InvalidPayloadError, MalformedSafetensorsError, UnsupportedMediaTypeError
 from app.json_codec import decode_update_request
 from app.media import response_format, wire_format
@@ -167,3 +168,13 @@ def test_options_the_model_refuses_get_its_worded_errors(options: dict[str, Any]
     with pytest.raises(InvalidPayloadError) as info:
         decode_update_request(body)
     assert info.value.problems[0].loc[0] == next(iter(options))
+
+
+def test_json_payloads_are_known_finite_and_binary_ones_are_scanned(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    body = json.dumps(example_tensors_as_json()).encode()
+    assert decode_update_request(body).finite  # msgspec's fast path
+    monkeypatch.setattr(json_codec, "_decode_valid", lambda body: None)
+    assert decode_update_request(body).finite  # the Pydantic model's path
+    assert not decode_safetensors(bytearray(save(example_tensors()))).finite

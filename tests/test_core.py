@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from app.advantages import l2_norm, sample_std
+from app.advantages import clamp, l2_norm, sample_std
 from app.core import (
     InvalidInputError,
     UpdateOverflowError,
@@ -282,6 +282,12 @@ def test_a_finite_sum_that_overflows_is_not_mistaken_for_a_non_finite_input() ->
             id="kl",
         ),
         pytest.param(
+            {"policy_log_probs": [1e308, 0.0], "ref_log_probs": [-1e308, 0.0], "beta": 0.0},
+            ("kl", 0),
+            r"KL estimate policy_log_probs\[0\] - ref_log_probs\[0\] overflows",
+            id="kl-with-beta-0",
+        ),
+        pytest.param(
             {
                 "rewards": [1.7e308, 1.0],
                 "policy_log_probs": [-1e308, 0.0],
@@ -323,3 +329,9 @@ def test_gradient_whose_column_sum_overflows_but_mean_does_not() -> None:
     big = 1.7e308
     new = rlhf_weight_update([0.0], [1.0, 1.0], [0.0, 0.0], [0.0, 0.0], [[big], [big]], 0, 0.5)
     assert new.tolist() == [0.5 * big]
+
+
+def test_clamp_is_np_clip_bit_for_bit_nan_and_signed_zero_included() -> None:
+    values = np.array([-np.inf, -3.0, -2.0, -0.0, 0.0, 1e-310, 2.5, np.inf, np.nan])
+    got, expected = clamp(values, 2.0), np.clip(values, -2.0, 2.0)
+    assert got.tobytes() == expected.tobytes()
