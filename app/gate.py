@@ -7,8 +7,7 @@ answering. Everything here runs on the event loop, so a plain counter needs no l
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 from app.errors import SaturatedError
 
@@ -36,12 +35,18 @@ class ConcurrencyGate:
         self.in_flight -= 1
         self._on_change(self.in_flight)
 
-    @contextmanager
-    def slot(self) -> Iterator[None]:
-        """Hold a slot for the duration of the block; 503 (`SaturatedError`) when none is free.
+    def __enter__(self) -> None:
+        """Hold a slot for the duration of a `with gate:` block; 503 when none is free.
 
         Taken in the /update handler itself rather than through a FastAPI dependency with
-        `yield`, whose machinery costs more than a small update's whole computation.
+        `yield`, whose machinery costs more than a small update's whole computation; and
+        the gate is its own context manager, without the generator of a
+        `contextlib.contextmanager`.
+
+        Raises
+        ------
+        SaturatedError
+            When `limit` updates are in flight already.
         """
         if not self.try_enter():
             msg = (
@@ -49,7 +54,6 @@ class ConcurrencyGate:
                 "retry after the delay in Retry-After"
             )
             raise SaturatedError(msg)
-        try:
-            yield
-        finally:
-            self.leave()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.leave()

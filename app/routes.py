@@ -25,7 +25,7 @@ from app.media import (
     wire_format,
 )
 from app.payload import UpdatePayload
-from app.request_context import RequestContext, current_context
+from app.request_context import RequestContext, current_context, scope_header
 from app.safetensors_codec import decode_safetensors, encode_safetensors
 from app.schemas import REFERENCE_EXAMPLE, Problem, UpdateRequest, UpdateResponse
 
@@ -134,15 +134,15 @@ async def update(request: Request) -> Response:
     """Return `weights + lr * grad` with grad the KL-penalised policy gradient, and stats."""
     # The token, when one is set, was checked (a dependency) before a slot is taken here.
     gate: ConcurrencyGate = request.app.state.gate
-    with gate.slot():
+    with gate:
         return await _update(request)
 
 
 async def _update(request: Request) -> Response:
     # Reading the body first lets the body limit answer 413 before anything else.
     body = await read_body(request)
-    request_format = wire_format(request.headers.get("content-type"))
-    answer_format = response_format(request.headers.get("accept"))
+    request_format = wire_format(scope_header(request.scope, b"content-type"))
+    answer_format = response_format(scope_header(request.scope, b"accept"))
     max_elements: int = request.app.state.settings.max_elements
     context = current_context()
     if context is None:  # a wiring mistake, not a client's: create_app installs the middleware

@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.core import UpdateResult
+from app.errors import SaturatedError
 from app.gate import ConcurrencyGate
 from app.main import create_app
 from app.payload import UpdatePayload
@@ -27,6 +28,18 @@ def test_gate_counts_and_caps() -> None:
     gate.leave()
     assert gate.try_enter()
     assert seen == [1, 2, 1, 2]
+
+
+def test_gate_as_a_context_manager_refuses_past_the_cap_and_gives_slots_back() -> None:
+    gate = ConcurrencyGate(1)
+    with gate:
+        assert gate.in_flight == 1
+        with pytest.raises(SaturatedError, match="already serving 1 updates"), gate:
+            pass
+        assert gate.in_flight == 1
+    with pytest.raises(RuntimeError), gate:
+        raise RuntimeError
+    assert gate.in_flight == 0
 
 
 def test_default_cap_is_the_cpu_count(monkeypatch: pytest.MonkeyPatch) -> None:
