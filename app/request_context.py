@@ -8,19 +8,14 @@ into metrics and the request's log line. A context variable carries it into work
 from __future__ import annotations
 
 import time
-from contextvars import ContextVar, Token
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from starlette.types import Scope
 
-__all__ = [
-    "CurrentContext",
-    "RequestContext",
-    "StageTimer",
-    "current_context",
-    "open_context",
-    "scope_header",
-]
+__all__ = ["RequestContext", "StageTimer", "current_context", "open_context", "scope_header"]
 
 
 @dataclass(slots=True)
@@ -85,27 +80,12 @@ def current_context() -> RequestContext | None:
     return _current.get()
 
 
-def open_context(request_id: str) -> CurrentContext:
-    """Make a fresh context current for the duration of one request (a `with` block)."""
-    return CurrentContext(RequestContext(request_id))
-
-
-class CurrentContext:
-    """A context manager that makes `context` current for its block.
-
-    A plain class, like `StageTimer`: every request opens one.
-    """
-
-    __slots__ = ("_context", "_token")
-
-    def __init__(self, context: RequestContext) -> None:
-        self._context = context
-        self._token: Token[RequestContext | None] | None = None
-
-    def __enter__(self) -> RequestContext:
-        self._token = _current.set(self._context)
-        return self._context
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._token is not None:
-            _current.reset(self._token)
+@contextmanager
+def open_context(request_id: str) -> Iterator[RequestContext]:
+    """Make a fresh context current for the duration of one request."""
+    context = RequestContext(request_id)
+    token = _current.set(context)
+    try:
+        yield context
+    finally:
+        _current.reset(token)
