@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +50,18 @@ def reference_update(
     ]
     new_weights = [w + lr * g for w, g in zip(weights, grad, strict=True)]
     return ReferenceUpdate(new_weights, grad, abs_terms, kl, adjusted)
+
+
+def reference_weights(arrays: Mapping[str, Any], beta: float, lr: float) -> list[float]:
+    """`reference_update`'s new weights for NumPy arrays named as /update's fields.
+
+    `tolist()` turns float32 and float64 entries alike into exactly equal Python floats.
+    """
+    values = {name: arrays[name].tolist() for name in _ARRAY_NAMES}
+    return reference_update(**values, beta=beta, lr=lr).weights
+
+
+_ARRAY_NAMES = ("weights", "rewards", "policy_log_probs", "ref_log_probs", "log_prob_grads")
 
 
 # The optional settings of an update, as the issue states them, in plain Python.

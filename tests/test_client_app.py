@@ -17,7 +17,7 @@ from rlhf_client import (
     ContentTooLargeError,
     UnprocessableEntityError,
 )
-from tests.reference import EXAMPLE, reference_update
+from tests.reference import EXAMPLE, reference_weights
 
 NAMES = ("weights", "rewards", "policy_log_probs", "ref_log_probs", "log_prob_grads")
 
@@ -37,19 +37,6 @@ def random_batch(seed: int, b: int = 6, n: int = 5) -> dict[str, np.ndarray]:
         "ref_log_probs": -rng.random(b) * 3,
         "log_prob_grads": rng.standard_normal((b, n)),
     }
-
-
-def reference_weights(batch: dict[str, np.ndarray], beta: float, lr: float) -> list[float]:
-    b = {name: array.astype(np.float64).tolist() for name, array in batch.items()}
-    return reference_update(
-        b["weights"],
-        b["rewards"],
-        b["policy_log_probs"],
-        b["ref_log_probs"],
-        b["log_prob_grads"],
-        beta,
-        lr,
-    ).weights
 
 
 def test_reference_example(rlhf: Client) -> None:

@@ -15,7 +15,7 @@ from safetensors.numpy import load, save
 
 from app.core import rlhf_weight_update
 from tests.asgi import body_chunks, raw_post
-from tests.reference import reference_update
+from tests.reference import reference_weights
 from tests.test_api import assert_problem
 
 SAFETENSORS = "application/x-safetensors"
@@ -47,20 +47,6 @@ def random_tensors(rng: np.random.Generator, b: int, n: int) -> dict[str, NDArra
         "beta": np.array(rng.uniform(0, 1)),
         "lr": np.array(rng.uniform(0, 1e-2)),
     }
-
-
-def independent_weights(tensors: dict[str, NDArray[Any]]) -> list[float]:
-    """The new weights by tests/reference.py (math.fsum, no NumPy), from float64 inputs."""
-    values = {name: tensor.astype(np.float64).tolist() for name, tensor in tensors.items()}
-    return reference_update(
-        values["weights"],
-        values["rewards"],
-        values["policy_log_probs"],
-        values["ref_log_probs"],
-        values["log_prob_grads"],
-        float(values["beta"]),
-        float(values["lr"]),
-    ).weights
 
 
 def as_json(tensors: dict[str, NDArray[Any]]) -> bytes:
@@ -128,7 +114,12 @@ def test_binary_and_json_give_identical_float64_results(client: TestClient, seed
     assert bits(from_binary) == bits(np.array(from_json["weights"])) == bits(expected)
     assert json.loads(metadata["__metadata__"]["stats"]) == from_json["stats"]
     # And both are the update itself, by the independent pure-Python reference.
-    np.testing.assert_allclose(from_binary, independent_weights(tensors), rtol=1e-12, atol=0)
+    np.testing.assert_allclose(
+        from_binary,
+        reference_weights(tensors, float(tensors["beta"]), float(tensors["lr"])),
+        rtol=1e-12,
+        atol=0,
+    )
 
 
 def test_scalars_may_be_one_element_tensors(client: TestClient) -> None:
@@ -155,7 +146,12 @@ def test_float32_in_float32_out(client: TestClient) -> None:
         lr=float(tensors["lr"]),
     ).astype(np.float32)
     assert weights.tobytes() == expected.tobytes()
-    np.testing.assert_allclose(weights, independent_weights(tensors), rtol=1e-6, atol=0)
+    np.testing.assert_allclose(
+        weights,
+        reference_weights(tensors, float(tensors["beta"]), float(tensors["lr"])),
+        rtol=1e-6,
+        atol=0,
+    )
     # As JSON, each float32 prints as its shortest decimal, which reads back to the same float32.
     as_json_answer = client.post("/update", content=save(tensors), headers=BINARY).json()
     assert np.array(as_json_answer["weights"], dtype=np.float32).tobytes() == expected.tobytes()
