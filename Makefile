@@ -3,56 +3,80 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
-# Reinstall when pyproject.toml changes; the stamp records the last install.
-STAMP := $(VENV)/.installed
+# Each stamp records an install; it is redone when what it installs from changes.
+SERVE_STAMP := $(VENV)/.serve-installed
+DEV_STAMP := $(VENV)/.dev-installed
+APP_SOURCES := $(shell find app -name '*.py' -o -name 'py.typed')
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
 SOAK_ARGS ?=
 
-.PHONY: run test bench load soak shutdown demo check lint typecheck format clean
+.PHONY: run test test-fast bench load soak shutdown demo check lint typecheck layers format clean
 
-run: $(STAMP)
+run: $(SERVE_STAMP)
+	@echo "serving on http://127.0.0.1:$(PORT) (docs at /docs; Ctrl-C stops)"
 	HOST=127.0.0.1 PORT=$(PORT) $(BIN)/python -m app
 
-test: check
+test: check $(DEV_STAMP) $(SERVE_STAMP)
 	$(BIN)/python -m pytest
 
+# The inner loop: every test but those marked slow (real servers, subprocesses, fuzzing).
+test-fast: $(DEV_STAMP) $(SERVE_STAMP)
+	$(BIN)/python -m pytest -m "not slow"
+
 # Service vs baseline vs floor over loopback HTTP; prints a table (about a minute).
-bench: $(STAMP)
+bench: $(DEV_STAMP) $(SERVE_STAMP)
 	$(BIN)/python -m benchmarks.run
 
 # Proofs against a live server on loopback; each prints its numbers and fails on a miss.
-load: $(STAMP)
+load: $(DEV_STAMP) $(SERVE_STAMP)
 	$(BIN)/python -m scripts.load
 
-soak: $(STAMP)
+soak: $(DEV_STAMP) $(SERVE_STAMP)
 	$(BIN)/python -m scripts.soak $(SOAK_ARGS)
 
-shutdown: $(STAMP)
+shutdown: $(DEV_STAMP) $(SERVE_STAMP)
 	$(BIN)/python -m scripts.shutdown --workers 1
 	$(BIN)/python -m scripts.shutdown --workers 2
 
-check: lint typecheck
+check: lint typecheck layers
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-typecheck: $(STAMP)
+typecheck: $(DEV_STAMP) $(SERVE_STAMP)
 	$(BIN)/mypy
 
-format: $(STAMP)
+# The layering of app/ as a checked contract (pyproject.toml, [tool.importlinter]).
+layers: $(DEV_STAMP)
+	$(BIN)/lint-imports
+
+format: $(DEV_STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+$(VENV)/bin/python:
+	@echo "creating the virtual environment $(VENV)"
+	$(PYTHON) -m venv $(VENV)
+
+# What serving needs: the service's runtime dependencies, and the service itself as the
+# package rlhf_update_server (the client's --in-process modes import it by that name).
+$(SERVE_STAMP): pyproject.toml $(APP_SOURCES) | $(VENV)/bin/python
+	@echo "installing the service and what it needs to serve into $(VENV) (the first time: about a minute)"
+	$(PIP) .
+	touch $@
+
+# What the tests need on top: the client (editable, with its extras) and the tools.
+$(DEV_STAMP): pyproject.toml client/pyproject.toml | $(VENV)/bin/python
+	@echo "installing the client and the development tools into $(VENV)"
+	$(PIP) -e './client[binary,cli,demo]' '.[dev]'
+	touch $@
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis .import_linter_cache
 
 # The end-to-end demo against the service in this process: docs/demo.png and docs/demo.csv.
-demo: $(STAMP)
+demo: $(DEV_STAMP) $(SERVE_STAMP)
 	mkdir -p docs
 	$(BIN)/rlhf-update demo --in-process --png docs/demo.png --csv docs/demo.csv

@@ -1,3 +1,8 @@
 """RLHF weight-update service."""
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("rlhf-update")
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"

@@ -13,6 +13,7 @@ import argparse
 import os
 import shutil
 import signal
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,8 +21,8 @@ from types import FrameType
 
 import uvicorn
 
-from app.log_config import log_config
-from app.settings import Settings
+from .ops.log_config import log_config
+from .settings import SettingsError, load_settings
 
 __all__ = ["main", "prepare_metrics_dir"]
 
@@ -70,17 +71,30 @@ def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
+# The factory by its import path, whatever name this package is installed under.
+_FACTORY = f"{__package__}.main:create_app"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """Serve `app.main:app` on HOST:PORT with WEB_CONCURRENCY workers at RLHF_LOG_LEVEL."""
+    """Serve `create_app()` on HOST:PORT with WEB_CONCURRENCY workers at RLHF_LOG_LEVEL.
+
+    A setting the service cannot run with ends the process with status 2 and one line
+    on stderr that names the variable.
+    """
     arguments = _arguments(argv)
-    settings = Settings()
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"python -m {__package__}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     prepare_metrics_dir(settings.web_concurrency)
     # uvicorn handles SIGTERM while it serves, and raises the signal again once its graceful
     # shutdown is done; this handler then ends the process with status 0 instead of -15
     # (before uvicorn starts, it ends the process at once, also with 0).
     signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.run(
-        "app.main:app",
+        _FACTORY,
+        factory=True,
         host=settings.host,
         port=settings.port,
         workers=settings.web_concurrency,

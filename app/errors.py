@@ -1,83 +1,96 @@
-"""The one error format: RFC 9457 problem details (application/problem+json).
+"""The documented problem types of the service: one class each, read by everything else.
 
-Exceptions raised anywhere in a request become a problem body here; every body carries the
-request's id (the X-Request-ID of the response) as `request_id`:
+Every error answer is an RFC 9457 problem document (application/problem+json). Each class
+carries its HTTP status, the last part of its type URI (`slug`), its title, and the
+`reason` label it counts under in ``rlhf_update_rejected_total`` (None: not counted as a
+refusal). The decoders and the web layer raise them; `app.api.problems` renders them; the
+probes, the update observer and the metrics read their attributes::
 
-    ProblemError                  raised by the web layer and the decoders
-    ├── MalformedBodyError        400: the body is not parseable JSON
-    ├── MalformedSafetensorsError 400: the body is not a well-formed safetensors file
-    ├── UnauthorizedError         401: a bearer token is required and was not given
-    ├── TooManyElementsError      413: B*N + B + N is above RLHF_MAX_ELEMENTS
-    ├── UnsupportedMediaTypeError 415: the Content-Type is not one we read
-    ├── InvalidPayloadError       422: parseable, but the payload breaks the contract
-    └── SaturatedError            503: RLHF_MAX_IN_FLIGHT updates are already running
-    core.InvalidInputError        422: shapes or values the update cannot take
-    core.UpdateOverflowError      422: the update overflows float64 (or float32 weights)
-    HTTPException                 404, 405, 413 (body limit), ... from Starlette
-    ClientDisconnect              400: the client left before sending the whole body
-    anything else                 500, logged, with no detail leaked to the client
+    ProblemError
+    ├── MalformedJsonError          400 malformed-json          invalid
+    ├── MalformedSafetensorsError   400 malformed-safetensors   invalid
+    ├── ClientDisconnectedError     400 client-disconnected     (the client left)
+    ├── UnauthorizedError           401 unauthorized            unauthorized
+    ├── BodyTooLargeError           413 body-too-large          too_large
+    ├── TooManyElementsError        413 too-many-elements       too_large
+    ├── UnsupportedMediaTypeError   415 unsupported-media-type  invalid
+    ├── InvalidPayloadError         422 invalid-payload         invalid
+    ├── UpdateOverflowProblem       422 update-overflow         invalid
+    ├── InternalError               500 internal-error
+    ├── SaturatedError              503 saturated               saturated
+    ├── NotReadyError               503 not-ready
+    └── HttpStatusError             any other status of the framework (about:blank)
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from types import MappingProxyType
-from typing import ClassVar
 
-import orjson
-from fastapi import FastAPI, Request
-from fastapi.responses import Response
-from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect
-
-from app.core import InputProblem, InvalidInputError, UpdateError, UpdateOverflowError
-from app.request_context import current_context
-from app.request_id import new_request_id
+from .core import InputProblem
 
 __all__ = [
-    "PROBLEM_MEDIA_TYPE",
+    "PROBLEM_TYPES",
+    "PROBLEM_TYPE_PREFIX",
+    "REJECTION_REASONS",
+    "BodyTooLargeError",
+    "ClientDisconnectedError",
+    "HttpStatusError",
+    "InternalError",
     "InvalidPayloadError",
-    "MalformedBodyError",
+    "MalformedJsonError",
     "MalformedSafetensorsError",
+    "NotReadyError",
     "ProblemError",
     "SaturatedError",
     "TooManyElementsError",
     "UnauthorizedError",
     "UnsupportedMediaTypeError",
-    "body_too_large_response",
-    "install_error_handlers",
-    "problem_response",
+    "UpdateOverflowProblem",
+    "summary",
 ]
 
-PROBLEM_MEDIA_TYPE = "application/problem+json"
-# More problems than this in one request are summarised, not listed.
-MAX_LISTED_PROBLEMS = 20
-
-logger = logging.getLogger(__name__)
+PROBLEM_TYPE_PREFIX = "urn:rlhf-update:problem:"
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 
 class ProblemError(Exception):
-    """A request failure with a status and a documented problem type."""
+    """A request failure of a documented problem type, with what went wrong (`detail`).
 
-    status = 400
-    slug = "bad-request"
-    title = "Bad request"
-    headers: ClassVar[Mapping[str, str] | None] = None
+    `problems` lists every field (and index) at fault; the answer shows the first
+    `app.core.MAX_LISTED_PROBLEMS` of them.
+    """
+
+    status: int = 400
+    slug: str | None = None
+    title: str = "Bad Request"
+    reason: str | None = None
+    headers: Mapping[str, str] = _NO_HEADERS
 
     def __init__(self, detail: str, problems: Sequence[InputProblem] = ()) -> None:
         super().__init__(detail)
         self.detail = detail
         self.problems = tuple(problems)
 
+    @property
+    def type_uri(self) -> str:
+        """The problem type as a URI; "about:blank" for a plain HTTP status."""
+        return PROBLEM_TYPE_PREFIX + self.slug if self.slug else "about:blank"
 
-class MalformedBodyError(ProblemError):
+    @property
+    def label(self) -> str:
+        """How logs name the problem: its slug, or the HTTP phrase of a plain status."""
+        return self.slug or self.title
+
+
+class MalformedJsonError(ProblemError):
     """The body is not well-formed JSON."""
 
     status = 400
     slug = "malformed-json"
     title = "Malformed JSON"
+    reason = "invalid"
 
 
 class MalformedSafetensorsError(ProblemError):
@@ -86,6 +99,15 @@ class MalformedSafetensorsError(ProblemError):
     status = 400
     slug = "malformed-safetensors"
     title = "Malformed safetensors"
+    reason = "invalid"
+
+
+class ClientDisconnectedError(ProblemError):
+    """The client left before sending the whole body: not a refusal, nobody reads it."""
+
+    status = 400
+    slug = "client-disconnected"
+    title = "Client disconnected"
 
 
 class UnauthorizedError(ProblemError):
@@ -94,7 +116,20 @@ class UnauthorizedError(ProblemError):
     status = 401
     slug = "unauthorized"
     title = "Unauthorized"
+    reason = "unauthorized"
     headers = MappingProxyType({"WWW-Authenticate": "Bearer"})
+
+
+class BodyTooLargeError(ProblemError):
+    """The body is larger than RLHF_MAX_BODY_SIZE."""
+
+    status = 413
+    slug = "body-too-large"
+    title = "Content too large"
+    reason = "too_large"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body exceeds the limit of {limit} bytes (RLHF_MAX_BODY_SIZE)")
 
 
 class TooManyElementsError(ProblemError):
@@ -103,15 +138,7 @@ class TooManyElementsError(ProblemError):
     status = 413
     slug = "too-many-elements"
     title = "Content too large"
-
-
-class SaturatedError(ProblemError):
-    """The worker already runs as many updates as it may; the client should retry soon."""
-
-    status = 503
-    slug = "saturated"
-    title = "Service saturated"
-    headers = MappingProxyType({"Retry-After": "1"})
+    reason = "too_large"
 
 
 class UnsupportedMediaTypeError(ProblemError):
@@ -120,6 +147,7 @@ class UnsupportedMediaTypeError(ProblemError):
     status = 415
     slug = "unsupported-media-type"
     title = "Unsupported media type"
+    reason = "invalid"
 
 
 class InvalidPayloadError(ProblemError):
@@ -128,122 +156,82 @@ class InvalidPayloadError(ProblemError):
     status = 422
     slug = "invalid-payload"
     title = "Invalid payload"
+    reason = "invalid"
 
     def __init__(self, problems: Sequence[InputProblem]) -> None:
-        super().__init__(_summary(problems), problems)
+        super().__init__(summary(problems), problems)
 
 
-def problem_type(slug: str) -> str:
-    return f"urn:rlhf-update:problem:{slug}"
+class UpdateOverflowProblem(InvalidPayloadError):
+    """Valid inputs whose update (or one of its statistics) cannot be represented."""
+
+    slug = "update-overflow"
+    title = "Update overflows"
 
 
-def problem_response(
-    status: int,
-    *,
-    slug: str | None,
-    title: str,
-    detail: str,
-    problems: Sequence[InputProblem] = (),
-    headers: Mapping[str, str] | None = None,
-) -> Response:
-    """Render one problem+json response; `slug=None` means a plain HTTP status (about:blank).
+class InternalError(ProblemError):
+    """A failure of the server's own; logged with its traceback, no detail leaked."""
 
-    The problem is also noted on the request's context, for its log line and metrics.
-    """
-    listed = problems[:MAX_LISTED_PROBLEMS]
-    context = current_context()
-    if context is not None:
-        context.error = slug or title
-    body = {
-        "type": problem_type(slug) if slug else "about:blank",
-        "title": title,
-        "status": status,
-        "detail": detail,
-        "errors": [{"loc": list(p.loc), "msg": p.msg} for p in listed],
-        "request_id": context.request_id if context is not None else new_request_id(),
-    }
-    return Response(
-        orjson.dumps(body), status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE
-    )
+    status = 500
+    slug = "internal-error"
+    title = "Internal server error"
+
+    def __init__(self) -> None:
+        super().__init__("the server failed to process this request; it has been logged")
 
 
-def _summary(problems: Sequence[InputProblem]) -> str:
+class SaturatedError(ProblemError):
+    """The worker already runs as many updates as it may; the client should retry soon."""
+
+    status = 503
+    slug = "saturated"
+    title = "Service saturated"
+    reason = "saturated"
+    headers = MappingProxyType({"Retry-After": "1"})
+
+
+class NotReadyError(ProblemError):
+    """The service is starting or shutting down (GET /readyz)."""
+
+    status = 503
+    slug = "not-ready"
+    title = "Not ready"
+    headers = MappingProxyType({"Retry-After": "1"})
+
+
+class HttpStatusError(ProblemError):
+    """A plain HTTP status of the framework (404, 405, ...): type about:blank."""
+
+    def __init__(self, status: int, detail: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.title = HTTPStatus(status).phrase
+        self.headers = MappingProxyType(dict(headers or {}))
+
+
+def summary(problems: Sequence[InputProblem]) -> str:
+    """The first problem's message, and how many more there are."""
     first = problems[0].msg
     more = len(problems) - 1
     return f"{first} (and {more} more problem{'s' if more > 1 else ''})" if more else first
 
 
-async def _on_problem(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ProblemError)
-    return problem_response(
-        exc.status,
-        slug=exc.slug,
-        title=exc.title,
-        detail=exc.detail,
-        problems=exc.problems,
-        headers=exc.headers,
-    )
-
-
-async def _on_update_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, UpdateError)
-    if isinstance(exc, UpdateOverflowError):
-        slug, title = "update-overflow", "Update overflows"
-    else:
-        assert isinstance(exc, InvalidInputError)
-        slug, title = InvalidPayloadError.slug, InvalidPayloadError.title
-    return problem_response(
-        422, slug=slug, title=title, detail=_summary(exc.problems), problems=exc.problems
-    )
-
-
-async def _on_http_exception(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    if exc.status_code == 413:
-        return body_too_large_response(request.app.state.settings.max_body_size)
-    title = HTTPStatus(exc.status_code).phrase
-    detail = exc.detail if exc.detail != title else f"{title}: {request.method} {request.url.path}"
-    return problem_response(
-        exc.status_code, slug=None, title=title, detail=detail, headers=exc.headers
-    )
-
-
-def body_too_large_response(limit: int) -> Response:
-    """The 413 for a body above `limit` bytes, however the limit was noticed."""
-    return problem_response(
-        413,
-        slug="body-too-large",
-        title="Content too large",
-        detail=f"request body exceeds the limit of {limit} bytes (RLHF_MAX_BODY_SIZE)",
-    )
-
-
-async def _on_client_disconnect(request: Request, exc: Exception) -> Response:
-    # Nobody reads this answer; the point is not to log a client's hang-up as a server error.
-    logger.info("client disconnected during %s %s", request.method, request.url.path)
-    return problem_response(
-        400,
-        slug="client-disconnected",
-        title="Client disconnected",
-        detail="the client disconnected before sending the whole request body",
-    )
-
-
-async def _on_unexpected(request: Request, exc: Exception) -> Response:
-    # Not logged here: Starlette raises the exception again once this answer is sent, and
-    # the server logs it with its traceback (uvicorn: "Exception in ASGI application").
-    return problem_response(
-        500,
-        slug="internal-error",
-        title="Internal server error",
-        detail="the server failed to process this request; it has been logged",
-    )
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    """Make every error the app can produce a problem+json response."""
-    app.add_exception_handler(ProblemError, _on_problem)
-    app.add_exception_handler(UpdateError, _on_update_error)
-    app.add_exception_handler(HTTPException, _on_http_exception)
-    app.add_exception_handler(ClientDisconnect, _on_client_disconnect)
-    app.add_exception_handler(Exception, _on_unexpected)
+# Every documented problem type, as the OpenAPI document and the metrics list them.
+PROBLEM_TYPES: tuple[type[ProblemError], ...] = (
+    MalformedJsonError,
+    MalformedSafetensorsError,
+    ClientDisconnectedError,
+    UnauthorizedError,
+    BodyTooLargeError,
+    TooManyElementsError,
+    UnsupportedMediaTypeError,
+    InvalidPayloadError,
+    UpdateOverflowProblem,
+    InternalError,
+    SaturatedError,
+    NotReadyError,
+)
+# The `reason` labels of rlhf_update_rejected_total, each scraped from the start.
+REJECTION_REASONS: tuple[str, ...] = tuple(
+    dict.fromkeys(kind.reason for kind in PROBLEM_TYPES if kind.reason is not None)
+)

@@ -1,4 +1,8 @@
-"""The ASGI application: `create_app(settings)`, and `app` for `uvicorn app.main:app`."""
+"""`create_app(settings)`: the one place that wires the layers into an ASGI application.
+
+No app is built at import: uvicorn calls the factory (``uvicorn --factory
+app.main:create_app``; `python -m app` does so), and tests call it with their settings.
+"""
 
 from __future__ import annotations
 
@@ -9,22 +13,22 @@ from fastapi import Depends, FastAPI
 from fastapi.params import Depends as DependsParam
 from starlette.types import ASGIApp
 
-from app import __version__
-from app.auth import bearer_token_check
-from app.body_limit import ProblemBodyLimit
-from app.docs import install_offline_docs
-from app.errors import PROBLEM_MEDIA_TYPE, install_error_handlers
-from app.gate import ConcurrencyGate
-from app.lifecycle import Lifecycle, lifespan
-from app.metrics import UpdateMetrics
-from app.metrics import router as metrics_router
-from app.probes import router as probes_router
-from app.request_id import RequestIdMiddleware
-from app.routes import install_update_route, problem_doc
-from app.settings import Settings
-from app.update_observer import UpdateObserver
+from . import __version__
+from .api.auth import bearer_token_check
+from .api.body_limit import ProblemBodyLimit
+from .api.docs import install_offline_docs
+from .api.gate import ConcurrencyGate
+from .api.probes import router as probes_router
+from .api.problems import PROBLEM_MEDIA_TYPE, install_error_handlers, problem_doc
+from .api.request_id import RequestIdMiddleware
+from .api.scrape import router as metrics_router
+from .api.update import install_update_route
+from .ops.lifecycle import Lifecycle, lifespan
+from .ops.metrics import UpdateMetrics
+from .ops.observer import UpdateObserver
+from .settings import Settings
 
-__all__ = ["app", "create_app"]
+__all__ = ["create_app"]
 
 
 class _Service(FastAPI):
@@ -51,7 +55,13 @@ class _Service(FastAPI):
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the service; with no `settings`, they are read from the environment."""
+    """Build the service; with no `settings`, they are read from the environment.
+
+    Raises
+    ------
+    pydantic.ValidationError
+        When `settings` is None and a variable of the environment is not valid.
+    """
     settings = settings or Settings()
     logging.getLogger("app").setLevel(settings.log_level.upper())
     app = _Service(
@@ -88,6 +98,3 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics_router)
     install_offline_docs(app)
     return app
-
-
-app = create_app()

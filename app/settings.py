@@ -6,10 +6,17 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, model_validator
+from pydantic import (
+    AliasChoices,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings"]
+__all__ = ["Settings", "SettingsError", "load_settings"]
 
 LogLevel = Annotated[
     Literal["critical", "error", "warning", "info", "debug"],
@@ -116,3 +123,39 @@ class Settings(BaseSettings):
             msg = f"RLHF_API_TOKEN_FILE {str(self.api_token_file)!r} is empty"
             raise ValueError(msg)
         return token
+
+
+class SettingsError(ValueError):
+    """The environment holds a setting the service cannot run with; one line per problem."""
+
+
+def load_settings() -> Settings:
+    """The settings of the environment.
+
+    Raises
+    ------
+    SettingsError
+        Naming each variable that is not valid and what it expected, without a traceback's
+        worth of Pydantic detail.
+    """
+    try:
+        return Settings()
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors(include_url=False):
+            variable = _variable_name(error["loc"])
+            given = f" (got {str(error['input'])[:40]!r})" if variable else ""
+            message = error["msg"].removeprefix("Value error, ")
+            lines.append(f"{variable or 'settings'}: {message}{given}")
+        raise SettingsError("; ".join(lines)) from None
+
+
+def _variable_name(loc: tuple[int | str, ...]) -> str | None:
+    """The environment variable behind a field's error location, or None for the model."""
+    if not loc:
+        return None
+    field = Settings.model_fields.get(str(loc[0]))
+    alias = field.validation_alias if field is not None else None
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return str(loc[0])

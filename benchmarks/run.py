@@ -1,7 +1,7 @@
 """`make bench`: POST /update over loopback HTTP to three servers, interleaved, and print a table.
 
 Servers, each its own `uvicorn` process with httptools and uvloop:
-  service   app.main:app, this project
+  service   app.main:create_app (a factory), this project
   baseline  benchmarks.baseline:app, a straightforward FastAPI implementation (JSON only)
   floor     benchmarks.floor:app, no validation at all
 
@@ -33,9 +33,8 @@ import numpy as np
 import orjson
 from safetensors.numpy import load, save
 
-from app.json_codec import decode_update_request
-from app.safetensors_codec import decode_safetensors
-from app.schemas import UpdateRequest
+from app.wire import json_codec, safetensors_codec
+from app.wire.schemas import UpdateRequest
 
 ROOT = Path(__file__).resolve().parent.parent
 SAFETENSORS = "application/x-safetensors"
@@ -47,7 +46,7 @@ SIZES = [
 ]
 MAX_BODY = 256 * 1024 * 1024
 SERVERS = {
-    "service": "app.main:app",
+    "service": "app.main:create_app",
     "baseline": "benchmarks.baseline:app",
     "floor": "benchmarks.floor:app",
 }
@@ -193,9 +192,9 @@ def print_in_process_decoders() -> None:
             UpdateRequest.model_validate_json(json_body).log_prob_grads
         ),
         "msgspec typed decode + np.array": lambda: np.array(fast.decode(json_body).log_prob_grads),
-        "service JSON decoder (msgspec path)": lambda: decode_update_request(json_body),
+        "service JSON decoder (msgspec path)": lambda: json_codec.decode_request(json_body),
         "safetensors.numpy.load (copies)": lambda: load(st_body),
-        "service safetensors decoder (views)": lambda: decode_safetensors(bytearray(st_body)),
+        "service safetensors decoder (views)": lambda: safetensors_codec.decode_request(bytearray(st_body)),
     }
     print(
         f"\nIn-process decode, 64 x 16384 ({len(json_body) / 1e6:.1f} MB JSON, "
@@ -230,6 +229,8 @@ def free_ports(first: int, count: int) -> list[int]:
 def serve(name: str, module: str, port: int) -> Iterator[Server]:
     env = os.environ | {"RLHF_MAX_BODY_SIZE": str(MAX_BODY), "RLHF_LOG_LEVEL": "warning"}
     command = [sys.executable, "-m", "uvicorn", module, "--host", "127.0.0.1"]
+    if module.endswith(":create_app"):
+        command.append("--factory")
     command += ["--port", str(port), "--loop", "uvloop", "--http", "httptools"]
     command += ["--log-level", "warning", "--no-access-log"]
     process = subprocess.Popen(command, cwd=ROOT, env=env)

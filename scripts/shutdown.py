@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import httpx2
 import orjson
 
-from app.schemas import REFERENCE_EXAMPLE
+from app.wire.schemas import REFERENCE_EXAMPLE
 from scripts.live_server import LiveServer, live_server
 from scripts.payloads import random_update
 

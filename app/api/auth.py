@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from app.errors import UnauthorizedError
+from ..errors import UnauthorizedError
 
 __all__ = ["bearer_token_check"]
 

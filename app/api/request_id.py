@@ -8,7 +8,7 @@ import re
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.request_context import open_context, scope_header
+from ..ops.context import open_context, scope_header
 
 __all__ = ["REQUEST_ID_HEADER", "RequestIdMiddleware", "new_request_id", "valid_request_id"]
 

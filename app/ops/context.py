@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 
 from starlette.types import Scope
 
-__all__ = ["RequestContext", "StageTimer", "current_context", "open_context", "scope_header"]
+from ..errors import ProblemError
+
+__all__ = ["RequestContext", "current_context", "open_context", "scope_header"]
 
 
 @dataclass(slots=True)
@@ -26,45 +28,29 @@ class RequestContext:
     batch_size: int | None = None
     params: int | None = None
     kl_mean: float | None = None
-    # The problem type of an error answer (its slug, or the HTTP phrase for plain statuses).
-    error: str | None = None
+    # The problem of an error answer, as it was rendered.
+    problem: ProblemError | None = None
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
     def record_shape(self, batch_size: int, params: int) -> None:
         """Note B and N once the body has been decoded."""
         self.batch_size, self.params = batch_size, params
 
-    def stage(self, name: str) -> StageTimer:
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
         """Time a stage of the update (decode, compute, encode), even when it fails."""
-        return StageTimer(self.stage_seconds, name)
-
-
-class StageTimer:
-    """A context manager that writes its block's duration into `seconds[name]`.
-
-    A plain class: a `contextlib.contextmanager` costs a generator per use, and an update
-    times three stages.
-    """
-
-    __slots__ = ("_name", "_seconds", "_start")
-
-    def __init__(self, seconds: dict[str, float], name: str) -> None:
-        self._seconds = seconds
-        self._name = name
-        self._start = 0.0
-
-    def __enter__(self) -> None:
-        self._start = time.perf_counter()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._seconds[self._name] = time.perf_counter() - self._start
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stage_seconds[name] = time.perf_counter() - start
 
 
 def scope_header(scope: Scope, name: bytes) -> str | None:
     """The first value of the header `name` (lower case) in an ASGI scope, or None.
 
-    What `starlette.datastructures.Headers(scope=scope).get` returns, without building
-    the mapping: the middlewares read one header each on every request.
+    What `starlette.datastructures.Headers(scope=scope).get` returns, for the middlewares
+    that see only the scope.
     """
     for key, value in scope["headers"]:
         if key == name:

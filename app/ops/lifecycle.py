@@ -23,11 +23,11 @@ from typing import Any
 from fastapi import FastAPI
 from prometheus_client import multiprocess
 
-from app.metrics import multiprocess_dir
+from .metrics import multiprocess_dir
 
 __all__ = ["Lifecycle", "Phase", "lifespan"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("app.lifecycle")
 
 SignalHandler = Callable[[int, FrameType | None], Any] | int | None
 

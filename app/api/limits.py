@@ -9,36 +9,25 @@ the float64 copy of float32 gradients); JSON's B and N are only known once it is
 
 from __future__ import annotations
 
-from app.errors import TooManyElementsError
+from ..errors import TooManyElementsError
 
-__all__ = ["check_element_count", "element_count"]
-
-
-def element_count(batch_size: int, params: int) -> int:
-    """B*N + B + N: the grads, and the weights and per-sample vectors around them.
-
-    >>> element_count(2, 3)
-    11
-    """
-    return batch_size * params + batch_size + params
+__all__ = ["check_element_count"]
 
 
-def check_element_count(
-    batch_size: int, params: int, max_elements: int, *, grads_size: int | None = None
-) -> None:
+def check_element_count(batch_size: int, params: int, grads_size: int, max_elements: int) -> None:
     """Raise `TooManyElementsError` (413) when B*N + B + N exceeds `max_elements`.
 
-    `grads_size` is the number of entries `log_prob_grads` really has, when it may differ
+    `grads_size` is the number of entries `log_prob_grads` really has, which may differ
     from B*N (a body whose shapes disagree, which the core rejects later): the count is of
     what was sent, so such a body cannot slip a large gradient past the limit.
     """
-    grads = batch_size * params if grads_size is None else grads_size
-    count = grads + batch_size + params
+    count = grads_size + batch_size + params
     if count > max_elements:
         what = (
             f"B*N + B + N = {count} elements (B = {batch_size}, N = {params})"
-            if grads == batch_size * params
-            else f"{count} elements (log_prob_grads has {grads}, B = {batch_size}, N = {params})"
+            if grads_size == batch_size * params
+            else f"{count} elements (log_prob_grads has {grads_size}, "
+            f"B = {batch_size}, N = {params})"
         )
         msg = f"the update has {what}; the limit is {max_elements} (RLHF_MAX_ELEMENTS)"
         raise TooManyElementsError(msg)

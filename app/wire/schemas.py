@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, FailFast, Field
 
-from app.options import UpdateOptions
+from ..core.options import Baseline, GrpoScale, KlEstimator, UpdateOptions
 
 __all__ = [
+    "REFERENCE_EXAMPLE",
     "ErrorItem",
     "Problem",
     "UpdateOptionsModel",
@@ -42,7 +43,7 @@ class UpdateOptionsModel(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
-    kl_estimator: Literal["k1", "k2", "k3", "abs", "kl", "mse", "low_var_kl"] = Field(
+    kl_estimator: KlEstimator = Field(
         default="k1",
         description="Per-sample KL estimate of d = policy_log_probs - ref_log_probs: "
         "k1 = d, k2 = d^2/2, k3 = exp(-d) - 1 + d (d bounded to [-20, 20]), abs = |d|; "
@@ -59,13 +60,13 @@ class UpdateOptionsModel(BaseModel):
         description="B integers: the prompt each sample answers. Baselines are computed "
         "within each group; without group_ids the batch is one group.",
     )
-    baseline: Literal["none", "mean", "rloo", "grpo"] = Field(
+    baseline: Baseline = Field(
         default="none",
         description="Advantage from the adjusted reward a: none (A = a), mean (a - group "
         "mean), rloo (a - mean of the others in the group), grpo ((a - group mean) / "
         "(group sample std + 1e-4)).",
     )
-    grpo_scale: Literal["std", "none"] = Field(
+    grpo_scale: GrpoScale = Field(
         default="std", description='"none" skips grpo\'s division by the group std (Dr. GRPO).'
     )
     normalize_advantages: bool = Field(

@@ -1,4 +1,4 @@
-"""`python -m app.healthcheck`: exit 0 when the local service answers /healthz (no curl needed)."""
+"""`python -m app.ops.healthcheck`: exit 0 when the local service answers /healthz, no curl."""
 
 from __future__ import annotations
 
@@ -6,12 +6,17 @@ import sys
 import urllib.error
 import urllib.request
 
-from app.settings import Settings
+from ..settings import SettingsError, load_settings
 
 
 def main() -> int:
     """Probe http://127.0.0.1:PORT/healthz once; 0 on HTTP 200, 1 otherwise."""
-    url = f"http://127.0.0.1:{Settings().port}/healthz"
+    try:
+        port = load_settings().port
+    except SettingsError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    url = f"http://127.0.0.1:{port}/healthz"
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
             return 0 if response.status == 200 else 1

@@ -3,26 +3,46 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 from numpy.typing import NDArray
+
+from .results import Loc
 
 __all__ = [
     "BASELINES",
     "GRPO_SCALES",
     "KL_ESTIMATORS",
     "KL_ESTIMATOR_ALIASES",
+    "Baseline",
     "Groups",
+    "GrpoScale",
+    "KlEstimator",
+    "KlEstimatorName",
     "UpdateOptions",
+    "group_id_problems",
+    "option_problems",
 ]
 
-# verl's names for the same estimators.
-KL_ESTIMATOR_ALIASES = {"kl": "k1", "mse": "k2", "low_var_kl": "k3"}
-KL_ESTIMATORS = ("k1", "k2", "k3", "abs", *KL_ESTIMATOR_ALIASES)
-BASELINES = ("none", "mean", "rloo", "grpo")
-GRPO_SCALES = ("std", "none")
+# The allowed values of each option, declared once: the core checks them, the request
+# schema types its fields with them.
+KlEstimatorName = Literal["k1", "k2", "k3", "abs"]
+# verl's names for the same estimators are accepted too.
+KlEstimator = Literal[KlEstimatorName, "kl", "mse", "low_var_kl"]
+Baseline = Literal["none", "mean", "rloo", "grpo"]
+GrpoScale = Literal["std", "none"]
+
+KL_ESTIMATOR_ALIASES: Mapping[str, KlEstimatorName] = {"kl": "k1", "mse": "k2", "low_var_kl": "k3"}
+KL_ESTIMATORS: tuple[str, ...] = get_args(KlEstimatorName) + tuple(KL_ESTIMATOR_ALIASES)
+_CANONICAL: Mapping[str, KlEstimatorName] = {
+    **{name: name for name in get_args(KlEstimatorName)},
+    **KL_ESTIMATOR_ALIASES,
+}
+BASELINES: tuple[str, ...] = get_args(Baseline)
+GRPO_SCALES: tuple[str, ...] = get_args(GrpoScale)
 # Options that take a number which must be finite and > 0 when given.
 POSITIVE_OPTIONS = ("kl_clamp", "reward_clip", "max_grad_norm", "target_kl", "kl_horizon")
 
@@ -35,29 +55,21 @@ class UpdateOptions:
     `kl_estimator` accepts verl's aliases ("kl", "mse", "low_var_kl") as well.
     """
 
-    kl_estimator: str = "k1"
+    kl_estimator: KlEstimator = "k1"
     kl_clamp: float | None = None
     reward_clip: float | None = None
     group_ids: Sequence[int] | NDArray[np.integer] | None = None
-    baseline: str = "none"
-    grpo_scale: str = "std"
+    baseline: Baseline = "none"
+    grpo_scale: GrpoScale = "std"
     normalize_advantages: bool = False
     max_grad_norm: float | None = None
     target_kl: float | None = None
     kl_horizon: float | None = None
 
     @property
-    def estimator(self) -> str:
+    def estimator(self) -> KlEstimatorName:
         """The canonical estimator name: "k1", "k2", "k3" or "abs"."""
-        return KL_ESTIMATOR_ALIASES.get(self.kl_estimator, self.kl_estimator)
-
-    @property
-    def adaptive_kl(self) -> bool:
-        """True when `target_kl` and `kl_horizon` ask for the adaptive KL controller."""
-        return self.target_kl is not None and self.kl_horizon is not None
-
-
-DEFAULT_OPTIONS = UpdateOptions()
+        return _CANONICAL[self.kl_estimator]
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +139,7 @@ def option_problems(options: UpdateOptions) -> list[tuple[str, str]]:
 
 def group_id_problems(
     group_ids: Sequence[int] | NDArray[np.integer], batch_size: int
-) -> tuple[NDArray[np.integer] | None, list[tuple[tuple[str | int, ...], str]]]:
+) -> tuple[NDArray[np.integer] | None, list[tuple[Loc, str]]]:
     """Convert `group_ids` to an integer array of length B, or say what is wrong with it."""
     expected = f"expected {batch_size} integers (= len(rewards))"
     try:

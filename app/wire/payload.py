@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from app.core import AnyFloatArray, UpdateResult, compute_update, in_weights_dtype
-from app.options import DEFAULT_OPTIONS, UpdateOptions
+from ..core import AnyFloatArray, UpdateOptions, UpdateResult, compute_update, in_weights_dtype
 
 __all__ = ["UpdatePayload"]
 
@@ -15,8 +14,7 @@ class UpdatePayload:
     """The arrays, scalars and options of one update, as the decoder produced them.
 
     Arrays are float64, or float32 from a binary body; they may be read-only views on the
-    request body, which nothing here writes to. `finite` is True when the decoder has
-    already proven every entry finite (JSON, which has no NaN or Infinity here).
+    request body, which nothing here writes to.
     """
 
     weights: AnyFloatArray
@@ -26,8 +24,7 @@ class UpdatePayload:
     log_prob_grads: AnyFloatArray
     beta: float
     lr: float
-    options: UpdateOptions = DEFAULT_OPTIONS
-    finite: bool = False
+    options: UpdateOptions = field(default_factory=UpdateOptions)
 
     def compute(self) -> UpdateResult:
         """Run the update in float64, answering in the dtype of the weights.
@@ -43,6 +40,5 @@ class UpdatePayload:
             beta=self.beta,
             lr=self.lr,
             options=self.options,
-            inputs_finite=self.finite,
         )
         return in_weights_dtype(result, self.weights.dtype)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from app.errors import SaturatedError
+from ..errors import SaturatedError
 
 __all__ = ["ConcurrencyGate"]
 

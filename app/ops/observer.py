@@ -12,27 +12,13 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.media import body_format
-from app.metrics import UpdateMetrics
-from app.request_context import RequestContext, current_context, scope_header
+from ..wire.media import body_format
+from .context import RequestContext, current_context, scope_header
+from .metrics import UpdateMetrics
 
-__all__ = ["UpdateObserver", "rejection_reason"]
+__all__ = ["UpdateObserver"]
 
 logger = logging.getLogger("app.update")
-
-
-def rejection_reason(status: int, error: str | None) -> str | None:
-    """The `reason` label of rlhf_update_rejected_total for this answer, or None."""
-    if status == 401:
-        return "unauthorized"
-    if status == 413:
-        return "too_large"
-    if status == 503:
-        return "saturated"
-    # A client that hangs up was not refused; it left.
-    if status in {400, 415, 422} and error != "client-disconnected":
-        return "invalid"
-    return None
 
 
 class UpdateObserver:
@@ -90,16 +76,17 @@ class UpdateObserver:
         duration: float,
     ) -> None:
         metrics = self.metrics
-        metrics.child(metrics.requests, str(status), body_format).inc()
+        problem = context.problem
+        metrics.requests.labels(str(status), body_format).inc()
         metrics.duration.observe(duration)
         metrics.request_bytes.observe(body_bytes)
-        if (reason := rejection_reason(status, context.error)) is not None:
-            metrics.child(metrics.rejected, reason).inc()
+        if problem is not None and problem.reason is not None:
+            metrics.rejected.labels(problem.reason).inc()
         if context.batch_size is not None and context.params is not None:
             metrics.batch_size.observe(context.batch_size)
             metrics.params.observe(context.params)
         for stage, seconds in context.stage_seconds.items():
-            metrics.child(metrics.stage_duration, stage).observe(seconds)
+            metrics.stage_duration.labels(stage).observe(seconds)
         if context.kl_mean is not None:
             metrics.kl_mean.observe(context.kl_mean)
 
@@ -118,6 +105,6 @@ class UpdateObserver:
         line.update({f"{stage}_s": round(s, 6) for stage, s in context.stage_seconds.items()})
         if context.kl_mean is not None:
             line["kl_mean"] = context.kl_mean
-        if context.error is not None:
-            line["error"] = context.error
+        if problem is not None:
+            line["error"] = problem.label
         logger.log(level, "update", extra=line)

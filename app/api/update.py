@@ -1,4 +1,4 @@
-"""HTTP routes: thin glue between the wire formats and the numeric core."""
+"""POST /update: thin glue between the wire formats and the numeric core."""
 
 from __future__ import annotations
 
@@ -12,40 +12,32 @@ from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
-from app.body import read_body
-from app.errors import PROBLEM_MEDIA_TYPE
-from app.gate import ConcurrencyGate
-from app.json_codec import decode_update_request, encode_update_response
-from app.limits import check_element_count
-from app.media import (
+from ..ops.context import RequestContext, current_context, scope_header
+from ..wire import CODECS
+from ..wire.media import (
     JSON_MEDIA_TYPE,
     SAFETENSORS_MEDIA_TYPE,
     WireFormat,
     response_format,
     wire_format,
 )
-from app.payload import UpdatePayload
-from app.request_context import RequestContext, current_context, scope_header
-from app.safetensors_codec import decode_safetensors, encode_safetensors
-from app.schemas import REFERENCE_EXAMPLE, Problem, UpdateRequest, UpdateResponse
+from ..wire.payload import UpdatePayload
+from ..wire.schemas import REFERENCE_EXAMPLE, UpdateRequest, UpdateResponse
+from .body import read_body
+from .gate import ConcurrencyGate
+from .limits import check_element_count
+from .problems import problem_doc
 
-__all__ = ["install_update_route", "problem_doc"]
+__all__ = ["install_update_route"]
 
-# Where the work runs. A hop to a worker thread costs 0.2 to 0.7 ms on 2 busy cores (more
-# at the median under load), so small work is done on the event loop and the rest in a
-# worker thread, where the loop keeps serving and updates run side by side on the cores.
-# JSON's cost is parsing, about 5 ns a byte: a body up to 16 KiB (0.1 ms) is parsed on the
-# loop. A binary body is decoded on the loop (the header, then views on the body: 0.2 ms
-# whatever its size); its cost is the arithmetic, about 2 ms for 2**20 float64
-# gradient entries, which are computed on the loop too (float32 ones count twice: they
-# are converted to float64 first).
+# Where the work runs: small work on the event loop, the rest in a worker thread, where
+# the loop keeps serving and updates run side by side on the cores. The hop to a thread
+# costs more than parsing a small JSON body or computing a small update (the README's
+# Performance section has the figures). A binary body's decoding is a header and views
+# on the body, whatever its size; its cost is the arithmetic, which grows with the
+# gradient entries (float32 ones count twice: they are converted to float64 first).
 _INLINE_JSON_BYTES = 16 * 1024
 _INLINE_GRAD_ENTRIES = 2**20
-
-
-def problem_doc(description: str) -> dict[str, Any]:
-    """The OpenAPI entry of an error response (problem+json)."""
-    return {"description": description, "model": Problem, "content": {PROBLEM_MEDIA_TYPE: {}}}
 
 
 _UPDATE_OPENAPI: dict[str, Any] = {
@@ -190,14 +182,12 @@ def _decoded(
 ) -> UpdatePayload:
     """The payload of a body, once its size is known to be within RLHF_MAX_ELEMENTS."""
     with context.stage("decode"):
-        payload: UpdatePayload = (
-            decode_update_request(body) if request_format == "json" else decode_safetensors(body)
-        )
+        payload = CODECS[request_format].decode_request(body)
     # `size`, not `shape[0]`: a binary body may carry arrays of the wrong rank or shapes
     # that disagree, which the core rejects with its own message once this check passed.
     batch_size, params = payload.rewards.size, payload.weights.size
     context.record_shape(batch_size, params)
-    check_element_count(batch_size, params, max_elements, grads_size=payload.log_prob_grads.size)
+    check_element_count(batch_size, params, payload.log_prob_grads.size, max_elements)
     return payload
 
 
@@ -207,6 +197,4 @@ def _computed(payload: UpdatePayload, answer_format: WireFormat, context: Reques
         result = payload.compute()
     context.kl_mean = result.stats.kl_mean
     with context.stage("encode"):
-        if answer_format == "json":
-            return encode_update_response(result)
-        return encode_safetensors(result)
+        return CODECS[answer_format].encode_response(result)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from app.errors import UnsupportedMediaTypeError
+from ..errors import UnsupportedMediaTypeError
 
 __all__ = [
     "JSON_MEDIA_TYPE",

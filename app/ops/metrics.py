@@ -1,4 +1,4 @@
-"""Prometheus metrics of /update, and `GET /metrics` to scrape them (prometheus-client).
+"""Prometheus metrics of /update (prometheus-client), scraped by `GET /metrics`.
 
 With several worker processes, prometheus-client's multiprocess mode is on when
 PROMETHEUS_MULTIPROC_DIR is set (`python -m app` sets and empties it before starting
@@ -8,10 +8,7 @@ workers): each worker writes its samples there and `/metrics` adds them up over 
 from __future__ import annotations
 
 import os
-from typing import TypeVar, cast
 
-from fastapi import APIRouter, Request
-from fastapi.responses import Response
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -21,13 +18,10 @@ from prometheus_client import (
     multiprocess,
 )
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.metrics import MetricWrapperBase
 
-__all__ = ["REJECTION_REASONS", "UpdateMetrics", "multiprocess_dir", "router"]
+from ..errors import REJECTION_REASONS
 
-REJECTION_REASONS = ("too_large", "saturated", "unauthorized", "invalid")
-
-_Metric = TypeVar("_Metric", bound=MetricWrapperBase)
+__all__ = ["UpdateMetrics", "multiprocess_dir"]
 
 _DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _BYTES_BUCKETS = tuple(float(4**k) for k in range(5, 16))  # 1 KiB to 1 GiB
@@ -106,17 +100,6 @@ class UpdateMetrics:
         )
         for reason in REJECTION_REASONS:
             self.rejected.labels(reason)  # every reason is scraped, at 0 until it occurs
-        # `labels()` looks its child up under a lock, for every call; each request takes
-        # a handful, so the children are kept here once looked up.
-        self._children: dict[tuple[MetricWrapperBase, tuple[str, ...]], MetricWrapperBase] = {}
-
-    def child(self, metric: _Metric, *labels: str) -> _Metric:
-        """`metric.labels(*labels)`, looked up once per label values."""
-        key = (metric, labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return cast(_Metric, child)
 
     def exposition(self, accept: str | None) -> tuple[bytes, str]:
         """The scrape body and its Content-Type, as the Accept header asks."""
@@ -126,14 +109,3 @@ class UpdateMetrics:
             multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
         encode, content_type = choose_encoder(accept or "")
         return encode(registry), content_type
-
-
-router = APIRouter()
-
-
-@router.get("/metrics", include_in_schema=False)
-async def metrics(request: Request) -> Response:
-    """Prometheus text format (OpenMetrics when the Accept header asks for it)."""
-    update_metrics: UpdateMetrics = request.app.state.metrics
-    body, content_type = update_metrics.exposition(request.headers.get("accept"))
-    return Response(body, headers={"Content-Type": content_type})

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import body_too_large_response
+from ..errors import BodyTooLargeError
+from .problems import problem_response
 
 __all__ = ["ProblemBodyLimit"]
 
@@ -34,7 +35,9 @@ class ProblemBodyLimit:
                 return
             if replacing:
                 if message["type"] == "http.response.body" and not message.get("more_body"):
-                    await body_too_large_response(self.max_body_size)(scope, receive, send)
+                    await problem_response(BodyTooLargeError(self.max_body_size))(
+                        scope, receive, send
+                    )
                 return
             await send(message)
 
@@ -42,7 +45,7 @@ class ProblemBodyLimit:
 
 
 def _is_plain_413(message: Message) -> bool:
-    if message["status"] != 413:  # every other answer, without looking at its headers
+    if message["status"] != BodyTooLargeError.status:
         return False
     headers = dict(message.get("headers", []))
     content_type: bytes = headers.get(b"content-type", b"")

@@ -179,11 +179,13 @@ def _client(args: argparse.Namespace) -> Iterator[Client]:
             yield client
         return
     try:
+        from rlhf_update_server.main import create_app
         from starlette.testclient import TestClient
-
-        from app.main import create_app
     except ImportError as exc:
-        msg = f"--in-process needs the service installed alongside the client ({exc})"
+        msg = (
+            "--in-process needs the service installed beside the client "
+            f"(pip install <the service's repository>; {exc})"
+        )
         raise ImportError(msg) from None
     with TestClient(create_app()) as http, Client(http_client=http, **settings) as client:
         yield client

@@ -26,13 +26,14 @@ from pydantic import ValidationError
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save
 
-from app.core import ARRAY_SHAPES, InputProblem, UpdateOptions, UpdateResult
-from app.errors import InvalidPayloadError, MalformedSafetensorsError
-from app.json_codec import describe_validation_error, did_you_mean, stats_as_dict
-from app.payload import UpdatePayload
-from app.schemas import UpdateOptionsModel
+from ..core import ARRAY_SHAPES, InputProblem, UpdateOptions, UpdateResult, shape_text
+from ..errors import InvalidPayloadError, MalformedSafetensorsError
+from .messages import describe_validation_error, did_you_mean, shorten
+from .payload import UpdatePayload
+from .schemas import UpdateOptionsModel
+from .stats import stats_as_dict
 
-__all__ = ["decode_safetensors", "encode_safetensors"]
+__all__ = ["decode_request", "encode_response"]
 
 _SCALARS = ("beta", "lr")
 _GROUP_IDS = "group_ids"
@@ -59,7 +60,7 @@ class _Tensor:
     shape: tuple[int, ...]
 
 
-def decode_safetensors(body: bytearray) -> UpdatePayload:
+def decode_request(body: bytearray) -> UpdatePayload:
     """Validate a safetensors request body; the arrays are read-only views on `body`."""
     tensors, metadata, data_start = _read_header(body)
     by_name = {tensor.name: tensor for tensor in tensors}
@@ -85,7 +86,7 @@ def decode_safetensors(body: bytearray) -> UpdatePayload:
     )
 
 
-def encode_safetensors(result: UpdateResult) -> bytes:
+def encode_response(result: UpdateResult) -> bytes:
     """One tensor `weights` in the dtype of the result; the stats as JSON in the metadata."""
     stats = orjson.dumps(stats_as_dict(result)).decode()
     return save({"weights": result.weights}, metadata={"stats": stats})
@@ -102,7 +103,7 @@ def _options_from_binary(metadata: dict[str, str], group_ids: NDArray[Any] | Non
         if key not in _METADATA_OPTIONS:
             suggestion = did_you_mean(key, _METADATA_OPTIONS)
             msg = (
-                f"__metadata__ has the unknown key {_cut(key)!r}{suggestion}; expected only "
+                f"__metadata__ has the unknown key {shorten(key)!r}{suggestion}; expected only "
                 f"the options {', '.join(_METADATA_OPTIONS)}"
             )
             if key == _GROUP_IDS:
@@ -153,7 +154,7 @@ def _read_header(body: bytearray) -> tuple[list[_Tensor], dict[str, str], int]:
                 for part in (file.get_slice(name),)
             ]
     except SafetensorError as exc:
-        msg = f"malformed safetensors: {_cut(str(exc), 300)}"
+        msg = f"malformed safetensors: {shorten(str(exc), 300)}"
         raise MalformedSafetensorsError(msg) from None
     return tensors, metadata, data_start
 
@@ -188,7 +189,9 @@ def _name_problems(by_name: dict[str, _Tensor]) -> list[InputProblem]:
         if name not in (*_TENSORS, _GROUP_IDS):
             suggestion = did_you_mean(name, _TENSORS)
             unknown.append(
-                InputProblem((name,), f"unknown tensor {_cut(name)!r}{suggestion}; {_expected()}")
+                InputProblem(
+                    (name,), f"unknown tensor {shorten(name)!r}{suggestion}; {_expected()}"
+                )
             )
     return missing + unknown
 
@@ -227,13 +230,8 @@ def _views(body: bytearray, tensors: list[_Tensor], data_start: int) -> dict[str
 def _expected_tensor(name: str) -> str:
     if name in _SCALARS:
         return "a scalar tensor (shape () or (1,)), dtype F32 or F64"
-    return f"a tensor of shape {ARRAY_SHAPES[name]}, dtype F32 or F64"
+    return f"a tensor of shape {shape_text(name)}, dtype F32 or F64"
 
 
 def _expected() -> str:
     return f"expected only tensors {', '.join(_TENSORS)}"
-
-
-def _cut(text: str, limit: int = 40) -> str:
-    """Text from the client, cut short: a message must not echo a megabyte back."""
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -8,8 +8,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from app.errors import problem_response
-from app.lifecycle import Lifecycle
+from ..errors import NotReadyError
+from ..ops.lifecycle import Lifecycle
+from .problems import problem_response
 
 __all__ = ["router"]
 
@@ -33,10 +34,4 @@ async def ready(request: Request) -> dict[str, str] | Response:
     lifecycle: Lifecycle = request.app.state.lifecycle
     if lifecycle.ready:
         return {"status": "ready"}
-    return problem_response(
-        503,
-        slug="not-ready",
-        title="Not ready",
-        detail=lifecycle.reason(),
-        headers={"Retry-After": "1"},
-    )
+    return problem_response(NotReadyError(lifecycle.reason()))

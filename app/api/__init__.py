@@ -1,0 +1,1 @@
+"""The HTTP layer (FastAPI and ASGI): routes, problem rendering, auth, backpressure, limits."""

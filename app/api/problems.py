@@ -1,0 +1,118 @@
+"""Rendering problems as application/problem+json, and the handlers that do it.
+
+Whatever a request raises ends here as one problem document that carries the request's
+id (the X-Request-ID of the response) as `request_id`; see `app.errors` for the types:
+
+    app.errors.ProblemError       its own status and type
+    core.InvalidInputError        422 invalid-payload: shapes or values the update cannot take
+    core.UpdateOverflowError      422 update-overflow: the update overflows float64 (or float32)
+    HTTPException                 404, 405, 413 (body limit), ... from Starlette
+    ClientDisconnect              400 client-disconnected: the client left mid-body
+    anything else                 500 internal-error, logged, no detail leaked to the client
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+
+from ..core import MAX_LISTED_PROBLEMS, UpdateError, UpdateOverflowError
+from ..errors import (
+    BodyTooLargeError,
+    ClientDisconnectedError,
+    HttpStatusError,
+    InternalError,
+    InvalidPayloadError,
+    ProblemError,
+    UpdateOverflowProblem,
+)
+from ..ops.context import current_context
+from ..wire.schemas import Problem
+from .request_id import new_request_id
+
+__all__ = ["PROBLEM_MEDIA_TYPE", "install_error_handlers", "problem_doc", "problem_response"]
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+logger = logging.getLogger("app.errors")
+
+
+def problem_response(problem: ProblemError) -> Response:
+    """Render one problem as a problem+json response, and note it on the request's context.
+
+    The context carries it to the request's log line and metrics.
+    """
+    context = current_context()
+    if context is not None:
+        context.problem = problem
+    body = {
+        "type": problem.type_uri,
+        "title": problem.title,
+        "status": problem.status,
+        "detail": problem.detail,
+        "errors": [
+            {"loc": list(p.loc), "msg": p.msg} for p in problem.problems[:MAX_LISTED_PROBLEMS]
+        ],
+        "request_id": context.request_id if context is not None else new_request_id(),
+    }
+    return Response(
+        orjson.dumps(body),
+        status_code=problem.status,
+        headers=dict(problem.headers),
+        media_type=PROBLEM_MEDIA_TYPE,
+    )
+
+
+def problem_doc(description: str) -> dict[str, Any]:
+    """The OpenAPI entry of an error response (problem+json)."""
+    return {"description": description, "model": Problem, "content": {PROBLEM_MEDIA_TYPE: {}}}
+
+
+async def _on_problem(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ProblemError)
+    return problem_response(exc)
+
+
+async def _on_update_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, UpdateError)
+    kind = UpdateOverflowProblem if isinstance(exc, UpdateOverflowError) else InvalidPayloadError
+    return problem_response(kind(exc.problems))
+
+
+async def _on_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == BodyTooLargeError.status:
+        return problem_response(BodyTooLargeError(request.app.state.settings.max_body_size))
+    problem = HttpStatusError(exc.status_code, exc.detail, exc.headers)
+    if problem.detail == problem.title:
+        problem.detail = f"{problem.title}: {request.method} {request.url.path}"
+    return problem_response(problem)
+
+
+async def _on_client_disconnect(request: Request, exc: Exception) -> Response:
+    # Nobody reads this answer; the point is not to log a client's hang-up as a server error.
+    logger.info("client disconnected during %s %s", request.method, request.url.path)
+    return problem_response(
+        ClientDisconnectedError("the client disconnected before sending the whole request body")
+    )
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> Response:
+    # Not logged here: Starlette raises the exception again once this answer is sent, and
+    # the server logs it with its traceback (uvicorn: "Exception in ASGI application").
+    return problem_response(InternalError())
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Make every error the app can produce a problem+json response."""
+    app.add_exception_handler(ProblemError, _on_problem)
+    app.add_exception_handler(UpdateError, _on_update_error)
+    app.add_exception_handler(HTTPException, _on_http_exception)
+    app.add_exception_handler(ClientDisconnect, _on_client_disconnect)
+    app.add_exception_handler(Exception, _on_unexpected)

@@ -1,0 +1,181 @@
+"""The one set of rules an update's inputs must follow, whatever wire format they came in."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from .options import Groups, UpdateOptions, group_id_problems, option_problems
+from .overflow import first_non_finite
+from .results import MAX_LISTED_PROBLEMS, FloatArray, InputProblem, InvalidInputError, format_loc
+
+__all__ = ["ARRAY_SHAPES", "CheckedInputs", "check_inputs", "shape_text"]
+
+# The expected shape of each array argument, in the order of the signature.
+ARRAY_SHAPES: Mapping[str, tuple[str, ...]] = {
+    "weights": ("N",),
+    "rewards": ("B",),
+    "policy_log_probs": ("B",),
+    "ref_log_probs": ("B",),
+    "log_prob_grads": ("B", "N"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedInputs:
+    """The inputs as float64 arrays and floats, every rule checked."""
+
+    arrays: dict[str, FloatArray]
+    beta: float
+    lr: float
+    groups: Groups | None  # None without a baseline
+
+
+def check_inputs(
+    values: Mapping[str, ArrayLike], *, beta: float, lr: float, options: UpdateOptions
+) -> CheckedInputs:
+    """Convert every argument to float64 and check it; report all problems of a stage at once.
+
+    Raises
+    ------
+    InvalidInputError
+        Naming every argument (and index) that breaks a rule, stage by stage: types and
+        ranks first, then shapes, groups and options, then values that are not finite.
+    """
+    problems: list[InputProblem] = []
+    arrays = {
+        name: array
+        for name, value in values.items()
+        if (array := _as_float64(name, value, problems)) is not None
+    }
+    beta_value = _as_scalar("beta", beta, problems)
+    lr_value = _as_scalar("lr", lr, problems)
+    problems += [InputProblem((name,), msg) for name, msg in option_problems(options)]
+    groups = None  # only a baseline needs them
+    if not problems:
+        problems = _shape_problems(arrays)
+        batch_size = arrays["rewards"].shape[0]
+        ids = None
+        if options.group_ids is not None:
+            ids, id_problems = group_id_problems(options.group_ids, batch_size)
+            problems += [InputProblem(loc, msg) for loc, msg in id_problems]
+        if not problems and options.baseline != "none":
+            groups = Groups.whole_batch(batch_size) if ids is None else Groups.from_ids(ids)
+            if options.baseline == "rloo":
+                problems = _rloo_problems(groups, grouped=ids is not None)
+    if not problems:
+        problems = [
+            InputProblem(
+                (name, *index),
+                f"{format_loc((name, *index))} is {array[index]}; expected a finite number",
+            )
+            for name, array in arrays.items()
+            if (index := first_non_finite(array)) is not None
+        ]
+    if problems:
+        raise InvalidInputError(problems)
+    return CheckedInputs(arrays, beta_value, lr_value, groups)
+
+
+def _rloo_problems(groups: Groups, *, grouped: bool) -> list[InputProblem]:
+    """RLOO's leave-one-out baseline needs every group to have a second sample."""
+    singles = np.flatnonzero(groups.sizes < 2)
+    if not grouped:
+        if singles.size == 0:
+            return []
+        msg = (
+            "baseline 'rloo' needs at least 2 samples per group; without group_ids the "
+            "batch is one group, and it has 1 sample"
+        )
+        return [InputProblem(("baseline",), msg)]
+    problems = []
+    for group in singles[:MAX_LISTED_PROBLEMS]:
+        index = int(groups.first[group])
+        msg = (
+            f"group {groups.ids[group]} (group_ids[{index}]) has 1 sample; "
+            "baseline 'rloo' needs at least 2 samples per group"
+        )
+        problems.append(InputProblem(("group_ids", index), msg))
+    if singles.size > MAX_LISTED_PROBLEMS:
+        more = singles.size - MAX_LISTED_PROBLEMS
+        msg = f"{more} more groups have 1 sample; baseline 'rloo' needs at least 2 per group"
+        problems.append(InputProblem(("group_ids",), msg))
+    return problems
+
+
+def _as_float64(name: str, value: ArrayLike, problems: list[InputProblem]) -> FloatArray | None:
+    axes = ARRAY_SHAPES[name]
+    ndim, shape = len(axes), shape_text(name)
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError) as exc:
+        msg = f"{name} is not a {ndim}-D array of floats, shape {shape} ({exc})"
+        problems.append(InputProblem((name,), msg))
+        return None
+    if array.ndim != ndim:
+        msg = f"{name} is {array.ndim}-D; expected {ndim}-D, shape {shape}"
+        problems.append(InputProblem((name,), msg))
+        return None
+    return array
+
+
+def shape_text(name: str) -> str:
+    """The expected shape of an array argument as text, e.g. "(B, N)".
+
+    >>> shape_text("log_prob_grads"), shape_text("weights")
+    ('(B, N)', '(N,)')
+    """
+    axes = ARRAY_SHAPES[name]
+    return f"({axes[0]},)" if len(axes) == 1 else f"({', '.join(axes)})"
+
+
+def _as_scalar(name: str, value: float, problems: list[InputProblem]) -> float:
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        problems.append(InputProblem((name,), f"{name} is not a number; expected a float >= 0"))
+        return math.nan
+    if array.ndim != 0:
+        msg = f"{name} has shape {array.shape}; expected a scalar"
+        problems.append(InputProblem((name,), msg))
+        return math.nan
+    scalar = float(array)
+    if not (math.isfinite(scalar) and scalar >= 0):
+        problems.append(InputProblem((name,), f"{name} is {scalar}; expected a finite number >= 0"))
+    return scalar
+
+
+def _shape_problems(arrays: dict[str, FloatArray]) -> list[InputProblem]:
+    n = arrays["weights"].shape[0]
+    b = arrays["rewards"].shape[0]
+    problems: list[InputProblem] = []
+    if n == 0:
+        problems.append(InputProblem(("weights",), "weights is empty; expected at least 1 entry"))
+    if b == 0:
+        problems.append(InputProblem(("rewards",), "rewards is empty; expected at least 1 sample"))
+    for name in ("policy_log_probs", "ref_log_probs"):
+        length = arrays[name].shape[0]
+        if length != b:
+            problems.append(
+                InputProblem((name,), f"{name} has {length} entries; expected {b} (= len(rewards))")
+            )
+    rows, cols = arrays["log_prob_grads"].shape
+    if rows != b:
+        problems.append(
+            InputProblem(
+                ("log_prob_grads",),
+                f"log_prob_grads has {rows} rows; expected {b} (= len(rewards))",
+            )
+        )
+    if cols != n:
+        problems.append(
+            InputProblem(
+                ("log_prob_grads",),
+                f"log_prob_grads has rows of {cols} entries; expected {n} (= len(weights))",
+            )
+        )
+    return problems

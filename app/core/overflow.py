@@ -1,0 +1,64 @@
+"""Finding the first value that is not finite, and naming it in an error.
+
+Overflow is looked for explicitly and reported with its index, instead of being warned
+about: callers run under ``np.errstate(over="ignore", invalid="ignore")``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .results import AnyFloatArray, FloatArray, InputProblem, UpdateOverflowError, UpdateStats
+
+__all__ = [
+    "first_non_finite",
+    "require_finite",
+    "require_finite_stats",
+]
+
+_DESCRIPTIONS = {
+    "kl": "the KL estimate policy_log_probs[{i}] - ref_log_probs[{i}]",
+    "adjusted": "the adjusted reward rewards[{i}] - beta * kl[{i}]",
+    "advantage": "the advantage of sample {i}",
+    "grad": "the policy gradient grad[{i}]",
+    "new_weights": "the updated weight weights[{i}] + lr * grad[{i}]",
+}
+
+
+def first_non_finite(array: AnyFloatArray) -> tuple[int, ...] | None:
+    """Index of the first NaN or infinity in `array`, or None.
+
+    A finite sum proves every entry finite without a boolean temporary of the array's
+    size; only when it is not (a non-finite entry, or a finite sum that overflowed) look.
+    """
+    if math.isfinite(np.sum(array)):
+        return None
+    bad = np.argwhere(~np.isfinite(array))
+    return tuple(int(i) for i in bad[0]) if bad.size else None
+
+
+def require_finite(estimator: str = "k1", **quantities: FloatArray) -> None:
+    """Raise `UpdateOverflowError` naming the first entry of a quantity that is not finite.
+
+    The keywords are quantities of `_DESCRIPTIONS`, looked at in the order given;
+    `estimator` words a KL estimate.
+    """
+    for name, values in quantities.items():
+        index = first_non_finite(values)
+        if index is not None:
+            what = _DESCRIPTIONS[name].format(i=index[0])
+            if name == "kl" and estimator != "k1":
+                what = f"the {estimator} KL estimate of sample {index[0]}"
+            msg = f"{what} overflows float64 ({values[index]}); scale down the inputs or lr"
+            raise UpdateOverflowError([InputProblem((name, index[0]), msg)])
+
+
+def require_finite_stats(stats: UpdateStats) -> None:
+    """Raise `UpdateOverflowError` naming the first statistic that is not finite."""
+    for name in UpdateStats.__slots__:
+        value = getattr(stats, name)
+        if isinstance(value, float) and not math.isfinite(value):
+            msg = f"stats.{name} overflows float64 ({value}); scale down the inputs or lr"
+            raise UpdateOverflowError([InputProblem(("stats", name), msg)])

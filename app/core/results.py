@@ -1,0 +1,104 @@
+"""What an update returns, and the errors it raises: plain data, no arithmetic."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = [
+    "MAX_LISTED_PROBLEMS",
+    "AnyFloatArray",
+    "FloatArray",
+    "InputProblem",
+    "InvalidInputError",
+    "KlEstimates",
+    "Loc",
+    "UpdateError",
+    "UpdateOverflowError",
+    "UpdateResult",
+    "UpdateStats",
+    "format_loc",
+]
+
+Loc = tuple[str | int, ...]
+FloatArray = NDArray[np.float64]
+# float64, or float32 as a binary body may send (see `app.core.update.in_weights_dtype`).
+AnyFloatArray = NDArray[np.float64] | NDArray[np.float32]
+# More problems than this in one error are summarised, not listed: a million bad entries
+# help nobody.
+MAX_LISTED_PROBLEMS = 20
+
+
+def format_loc(loc: Loc) -> str:
+    """A location as the caller writes it, e.g. ``log_prob_grads[2][0]``; "body" for ().
+
+    >>> format_loc(("log_prob_grads", 2, 0)), format_loc(())
+    ('log_prob_grads[2][0]', 'body')
+    """
+    head, *indices = loc or ("body",)
+    return str(head) + "".join(f"[{i}]" for i in indices)
+
+
+@dataclass(frozen=True, slots=True)
+class InputProblem:
+    """One thing wrong with the inputs: where (`loc`) and what was expected (`msg`)."""
+
+    loc: Loc
+    msg: str
+
+
+class UpdateError(ValueError):
+    """The update cannot be computed for these inputs; `problems` says why, field by field."""
+
+    def __init__(self, problems: Sequence[InputProblem]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("; ".join(problem.msg for problem in self.problems))
+
+
+class InvalidInputError(UpdateError):
+    """An argument has the wrong shape, or holds a value outside its domain."""
+
+
+class UpdateOverflowError(UpdateError):
+    """Valid inputs whose update (or one of its statistics) overflows float64."""
+
+
+@dataclass(frozen=True, slots=True)
+class KlEstimates:
+    """Batch means of the k1, k2 and k3 KL estimates, whatever estimator the update used.
+
+    An entry is None when that mean overflows float64 (only for absurd log-ratios).
+    """
+
+    k1: float | None
+    k2: float | None
+    k3: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateStats:
+    """Diagnostics of one update, for the caller's logs."""
+
+    kl_mean: float
+    kl_max: float
+    reward_mean: float
+    reward_std: float
+    adjusted_reward_mean: float
+    advantage_mean: float
+    advantage_std: float
+    grad_norm: float
+    clipped: bool
+    update_norm: float
+    next_beta: float | None
+    kl_estimates: KlEstimates
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateResult:
+    """The new weights (shape (N,), float64 unless cast) and the diagnostics of the step."""
+
+    weights: AnyFloatArray
+    stats: UpdateStats

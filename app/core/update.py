@@ -1,0 +1,303 @@
+"""One RLHF policy-gradient step: a KL-penalised REINFORCE update of a weight vector.
+
+The numeric core of the service: the formula and its options. Pure NumPy, no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, cast
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from .advantages import advantages, kl_estimate, whiten
+from .inputs import check_inputs
+from .options import KlEstimatorName, UpdateOptions
+from .overflow import first_non_finite, require_finite, require_finite_stats
+from .results import (
+    FloatArray,
+    InputProblem,
+    KlEstimates,
+    UpdateOverflowError,
+    UpdateResult,
+    UpdateStats,
+)
+from .stable import clamp, l2_norm, mean, sample_std, scaled_sum_of_squares
+
+__all__ = ["compute_update", "in_weights_dtype", "rlhf_weight_update"]
+
+
+def rlhf_weight_update(
+    weights: ArrayLike,
+    rewards: ArrayLike,
+    policy_log_probs: ArrayLike,
+    ref_log_probs: ArrayLike,
+    log_prob_grads: ArrayLike,
+    beta: float,
+    lr: float,
+) -> FloatArray:
+    """Apply one KL-penalised policy-gradient step to `weights`.
+
+    Parameters
+    ----------
+    weights : array_like, shape (N,)
+        Current policy weights.
+    rewards : array_like, shape (B,)
+        Reward of each sample.
+    policy_log_probs : array_like, shape (B,)
+        Log-probability of each sample under the current policy.
+    ref_log_probs : array_like, shape (B,)
+        Log-probability of each sample under the reference policy.
+    log_prob_grads : array_like, shape (B, N)
+        Gradient of each sample's policy log-probability with respect to `weights`.
+    beta : float
+        KL penalty coefficient, finite and >= 0.
+    lr : float
+        Learning rate, finite and >= 0.
+
+    Returns
+    -------
+    new_weights : ndarray of float64, shape (N,)
+        ``weights + lr * grad``; a new array, the inputs are left untouched.
+
+    Raises
+    ------
+    InvalidInputError
+        If the shapes disagree, an array is empty, a value is not finite, or `beta`
+        or `lr` is negative. It is a `ValueError` whose message names the argument.
+    UpdateOverflowError
+        If an intermediate quantity or the result overflows float64 (also a `ValueError`).
+
+    Notes
+    -----
+    With ``B = len(rewards)``:
+
+    .. math::
+
+        kl_i &= \\mathrm{policy\\_log\\_probs}_i - \\mathrm{ref\\_log\\_probs}_i \\\\
+        a_i &= \\mathrm{rewards}_i - \\beta \\, kl_i \\\\
+        g &= \\frac{1}{B} \\sum_i a_i \\, \\mathrm{log\\_prob\\_grads}_{i,:} \\\\
+        w' &= w + \\mathrm{lr} \\, g
+
+    `kl_i` is the single-sample (k1) estimate of KL(policy || reference) [1]_, subtracted
+    from the reward as in [2]_. The sum over samples is one matrix-vector product, so no
+    (B, N) temporary is built. All arithmetic is float64.
+
+    References
+    ----------
+    .. [1] J. Schulman, "Approximating KL Divergence", 2020.
+           http://joschu.net/blog/kl-approx.html
+    .. [2] D. M. Ziegler et al., "Fine-Tuning Language Models from Human Preferences",
+           arXiv:1909.08593, 2019.
+
+    Examples
+    --------
+    >>> rlhf_weight_update([1, 1], [1, 1], [-1.5, -1.5], [-1.5, -1.5],
+    ...                    [[0.5, -0.5], [0.5, -0.5]], beta=1.0, lr=0.1)
+    array([1.05, 0.95])
+    """
+    result = compute_update(
+        weights, rewards, policy_log_probs, ref_log_probs, log_prob_grads, beta=beta, lr=lr
+    )
+    # compute_update answers in float64; only in_weights_dtype casts to another dtype.
+    return cast("FloatArray", result.weights)
+
+
+# Overflow is looked for explicitly, value by value, and reported with its index; one
+# errstate around the whole update keeps NumPy's warnings out, at the cost of one switch.
+@np.errstate(over="ignore", invalid="ignore")
+def compute_update(
+    weights: ArrayLike,
+    rewards: ArrayLike,
+    policy_log_probs: ArrayLike,
+    ref_log_probs: ArrayLike,
+    log_prob_grads: ArrayLike,
+    *,
+    beta: float,
+    lr: float,
+    options: UpdateOptions | None = None,
+) -> UpdateResult:
+    """Compute the update of `rlhf_weight_update`, with algorithm options and diagnostics.
+
+    Parameters
+    ----------
+    weights, rewards, policy_log_probs, ref_log_probs, log_prob_grads, beta, lr
+        As in `rlhf_weight_update`.
+    options : UpdateOptions, optional
+        KL estimator, clamps, baseline, normalisation, gradient clipping and adaptive
+        KL. None, or ``UpdateOptions()``, reproduces `rlhf_weight_update` bit for bit.
+
+    Returns
+    -------
+    UpdateResult
+        The new weights and `UpdateStats`.
+
+    Raises
+    ------
+    InvalidInputError, UpdateOverflowError
+        As in `rlhf_weight_update`; also for an option outside its domain, `group_ids`
+        of the wrong length, or "rloo" with a group of one sample.
+
+    Notes
+    -----
+    The steps, in order:
+
+    0. ``r = clip(rewards, -reward_clip, reward_clip)`` when `reward_clip` is set;
+    1. ``kl_i`` by the chosen estimator of ``d_i = policy_log_probs_i - ref_log_probs_i``
+       (see `app.core.advantages.kl_estimate`), clamped to ``[-kl_clamp, kl_clamp]`` when set;
+    2. ``a_i = r_i - beta * kl_i``;
+    3. ``A_i`` from ``a_i`` by the baseline, within each group of `group_ids`
+       (see `app.core.advantages.advantages`);
+    4. ``A = whiten(A)`` when `normalize_advantages` (see `app.core.advantages.whiten`);
+    5. ``g = A @ log_prob_grads / B``;
+    6. ``g *= max_grad_norm / (||g|| + 1e-6)`` when ``||g|| > max_grad_norm``, as
+       ``torch.nn.utils.clip_grad_norm_``;
+    7. ``w' = weights + lr * g``.
+
+    With `target_kl` and `kl_horizon`, ``stats.next_beta`` is the adaptive KL
+    controller's next coefficient (Ziegler et al. 2019, TRL's AdaptiveKLController):
+    ``beta * (1 + clip(kl_mean / target_kl - 1, -0.2, 0.2) * B / kl_horizon)``.
+    """
+    options = options or UpdateOptions()
+    checked = check_inputs(
+        {
+            "weights": weights,
+            "rewards": rewards,
+            "policy_log_probs": policy_log_probs,
+            "ref_log_probs": ref_log_probs,
+            "log_prob_grads": log_prob_grads,
+        },
+        beta=beta,
+        lr=lr,
+        options=options,
+    )
+    estimator = options.estimator
+    w, r = checked.arrays["weights"], checked.arrays["rewards"]
+    if options.reward_clip is not None:
+        r = clamp(r, float(options.reward_clip))
+    log_ratio = checked.arrays["policy_log_probs"] - checked.arrays["ref_log_probs"]
+    kl = kl_estimate(log_ratio, estimator)
+    if options.kl_clamp is not None:
+        kl = clamp(kl, float(options.kl_clamp))
+    adjusted = r - checked.beta * kl
+    advantage = (
+        adjusted
+        if checked.groups is None
+        else advantages(adjusted, checked.groups, options.baseline, options.grpo_scale)
+    )
+    if options.normalize_advantages:
+        advantage = whiten(advantage)
+    require_finite(estimator, kl=kl, adjusted=adjusted, advantage=advantage)
+    grad, grad_norm = _gradient(advantage, checked.arrays["log_prob_grads"])
+    step_norm = grad_norm
+    clipped = False
+    if options.max_grad_norm is not None and grad_norm > options.max_grad_norm:
+        # torch.nn.utils.clip_grad_norm_'s factor, 1e-6 included.
+        grad = grad * (float(options.max_grad_norm) / (grad_norm + 1e-6))
+        step_norm = l2_norm(grad)
+        clipped = True
+    # lr = 0 returns the weights bit for bit: w + 0.0 would turn -0.0 into 0.0.
+    new_weights = w + checked.lr * grad if checked.lr else w.copy()
+    kl_mean = mean(kl)
+    reward_mean = mean(r)
+    advantage_mean = mean(advantage)
+    # Unless clamped, the update's own estimate is one of the three reported side by side.
+    own_estimate = {estimator: kl_mean} if options.kl_clamp is None else {}
+    stats = UpdateStats(
+        kl_mean=kl_mean,
+        kl_max=float(np.max(kl)),
+        reward_mean=reward_mean,
+        reward_std=sample_std(r, reward_mean),
+        adjusted_reward_mean=mean(adjusted),
+        advantage_mean=advantage_mean,
+        advantage_std=sample_std(advantage, advantage_mean),
+        grad_norm=grad_norm,
+        clipped=clipped,
+        update_norm=checked.lr * step_norm,
+        next_beta=_next_beta(checked.beta, kl_mean, r.size, options),
+        kl_estimates=_kl_estimates(log_ratio, own_estimate),
+    )
+    require_finite(new_weights=new_weights)
+    require_finite_stats(stats)
+    return UpdateResult(weights=new_weights, stats=stats)
+
+
+def _next_beta(
+    beta: float, kl_mean: float, batch_size: int, options: UpdateOptions
+) -> float | None:
+    """The adaptive KL controller's next beta, or None when it is not enabled."""
+    if options.target_kl is None or options.kl_horizon is None:
+        return None
+    error = min(max(kl_mean / float(options.target_kl) - 1.0, -0.2), 0.2)
+    return beta * (1.0 + error * batch_size / float(options.kl_horizon))
+
+
+def _kl_estimates(log_ratio: FloatArray, known: dict[KlEstimatorName, float]) -> KlEstimates:
+    """The batch means of k1, k2 and k3; those in `known` are taken as they are."""
+    names: tuple[KlEstimatorName, ...] = ("k1", "k2", "k3")
+    means = [known[name] if name in known else _kl_estimate_mean(log_ratio, name) for name in names]
+    k1, k2, k3 = (value if math.isfinite(value) else None for value in means)
+    return KlEstimates(k1=k1, k2=k2, k3=k3)
+
+
+def _kl_estimate_mean(log_ratio: FloatArray, estimator: KlEstimatorName) -> float:
+    """The batch mean of one estimator's per-sample estimates."""
+    if estimator == "k2":
+        # mean(d**2 / 2) from one product, scaled so that the squares cannot overflow.
+        scale, squares = scaled_sum_of_squares(log_ratio)
+        return 0.5 * scale * (scale * (squares / log_ratio.size))
+    return mean(kl_estimate(log_ratio, estimator))
+
+
+def in_weights_dtype(result: UpdateResult, dtype: np.dtype[np.floating[Any]]) -> UpdateResult:
+    """Cast the float64 result to the dtype the weights came in (float32 or float64).
+
+    Parameters
+    ----------
+    result : UpdateResult
+        The output of `compute_update`, computed in float64.
+    dtype : numpy.dtype
+        The dtype of the caller's weights.
+
+    Returns
+    -------
+    UpdateResult
+        `result` itself for float64; otherwise the weights rounded to `dtype`.
+
+    Raises
+    ------
+    UpdateOverflowError
+        If a new weight is beyond the range of `dtype`, naming the first such weight.
+    """
+    if dtype == result.weights.dtype:
+        return result
+    with np.errstate(over="ignore", invalid="ignore"):
+        weights: NDArray[np.float32] = result.weights.astype(dtype)
+        index = first_non_finite(weights)
+    if index is not None:
+        i = index[0]
+        msg = (
+            f"the updated weight weights[{i}] + lr * grad[{i}] overflows {dtype.name} "
+            f"({result.weights[i]}); scale down the inputs or lr, or send float64 weights"
+        )
+        raise UpdateOverflowError([InputProblem(("new_weights", i), msg)])
+    return UpdateResult(weights=weights, stats=result.stats)
+
+
+def _gradient(advantage: FloatArray, grads: FloatArray) -> tuple[FloatArray, float]:
+    """The policy gradient ``advantage @ grads / B`` and its L2 norm.
+
+    One matrix-vector product, no (B, N) temporary. Raises `UpdateOverflowError` when an
+    entry of the gradient overflows.
+    """
+    b = advantage.size
+    grad: FloatArray = (advantage @ grads) / b
+    norm = l2_norm(grad)
+    # A finite norm proves every entry finite. Otherwise a column sum may have overflowed
+    # although its mean is representable: divide first, then look.
+    if not math.isfinite(norm):
+        grad = (advantage / b) @ grads
+        require_finite(grad=grad)
+        norm = l2_norm(grad)
+    return grad, norm
