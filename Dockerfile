@@ -1,10 +1,11 @@
-# Build stage: install the service and its runtime dependencies into a virtualenv.
+# Build stage: install the service (package rlhf_update_server) and its runtime
+# dependencies into a virtualenv. The client (client/) is a distribution of its own and
+# is not part of the image.
 FROM python:3.11-slim AS build
 RUN python -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY app ./app
-COPY rlhf_client ./rlhf_client
 RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check .
 
 # Runtime stage: the virtualenv only, run as an unprivileged user.
@@ -20,9 +21,10 @@ COPY --from=build /opt/venv /opt/venv
 USER 10001
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
-    CMD ["python", "-m", "app.healthcheck"]
-# WEB_CONCURRENCY worker processes. On SIGTERM: /readyz turns 503 at once, the service keeps
-# serving for RLHF_SHUTDOWN_DRAIN_SECONDS (5), then stops taking connections and gives
-# running updates up to 20 s to finish, then exits 0 (25 s in all, inside Kubernetes' 30 s).
-# The access log is off: the JSON line per update replaces it.
-CMD ["python", "-m", "app", "--timeout-graceful-shutdown", "20", "--timeout-keep-alive", "15", "--no-access-log"]
+    CMD ["python", "-m", "rlhf_update_server.ops.healthcheck"]
+# WEB_CONCURRENCY worker processes, each built by the app factory. On SIGTERM: /readyz
+# turns 503 at once, the service keeps serving for RLHF_SHUTDOWN_DRAIN_SECONDS (5), then
+# stops taking connections and gives running updates up to 20 s to finish, then exits 0
+# (25 s in all, inside Kubernetes' 30 s). The access log is off: the JSON line per update
+# replaces it.
+CMD ["python", "-m", "rlhf_update_server", "--timeout-graceful-shutdown", "20", "--timeout-keep-alive", "15", "--no-access-log"]

@@ -146,7 +146,8 @@ def load_settings() -> Settings:
             variable = _variable_name(error["loc"])
             given = f" (got {str(error['input'])[:40]!r})" if variable else ""
             message = error["msg"].removeprefix("Value error, ")
-            lines.append(f"{variable or 'settings'}: {message}{given}")
+            # A rule over several variables names them in its own message.
+            lines.append(f"{variable}: {message}{given}" if variable else message)
         raise SettingsError("; ".join(lines)) from None
 
 

@@ -194,7 +194,9 @@ def print_in_process_decoders() -> None:
         "msgspec typed decode + np.array": lambda: np.array(fast.decode(json_body).log_prob_grads),
         "service JSON decoder (msgspec path)": lambda: json_codec.decode_request(json_body),
         "safetensors.numpy.load (copies)": lambda: load(st_body),
-        "service safetensors decoder (views)": lambda: safetensors_codec.decode_request(bytearray(st_body)),
+        "service safetensors decoder (views)": lambda: safetensors_codec.decode_request(
+            bytearray(st_body)
+        ),
     }
     print(
         f"\nIn-process decode, 64 x 16384 ({len(json_body) / 1e6:.1f} MB JSON, "

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
-from tests.reference import EXAMPLE
+from tests.helpers.reference import EXAMPLE
 
 
 @pytest.fixture(autouse=True)

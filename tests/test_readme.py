@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 from fastapi.testclient import TestClient
 
-from app.schemas import UpdateOptionsModel, UpdateStatsModel
+from app.wire.schemas import UpdateOptionsModel, UpdateStatsModel
 
 README = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
 

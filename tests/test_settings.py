@@ -1,20 +1,17 @@
-"""Configuration from the environment, and the entry points that use it."""
+"""Configuration from the environment: defaults, variables, and values refused."""
 
 from __future__ import annotations
 
-import logging
 import os
-import signal
-from collections.abc import Iterator
 from pathlib import Path
-from unittest.mock import ANY
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
-from app.__main__ import main, prepare_metrics_dir
-from app.main import create_app
 from app.settings import Settings
+
+TOKEN = "s3cret-T0ken"
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -72,85 +69,42 @@ def test_bad_environment_is_refused(monkeypatch: pytest.MonkeyPatch, name: str, 
         Settings()
 
 
-@pytest.fixture
-def sigterm_restored() -> Iterator[None]:
-    """`main` installs a SIGTERM handler; give the test process its own back."""
-    handler = signal.getsignal(signal.SIGTERM)
-    yield
-    signal.signal(signal.SIGTERM, handler)
+def test_token_file_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = tmp_path / "token"
+    secret.write_text(TOKEN)
+    monkeypatch.setenv("RLHF_API_TOKEN_FILE", str(secret))
+    assert Settings().bearer_token() == TOKEN
 
 
-@pytest.mark.usefixtures("sigterm_restored")
-def test_python_dash_m_app_serves_with_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HOST", "127.0.0.2")
-    monkeypatch.setenv("PORT", "9124")
-    monkeypatch.setenv("RLHF_LOG_LEVEL", "warning")
-    monkeypatch.setenv("WEB_CONCURRENCY", "1")
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
-    calls: list[tuple[object, dict[str, object]]] = []
-    monkeypatch.setattr("uvicorn.run", lambda app, **kw: calls.append((app, kw)))
-    main(["--timeout-graceful-shutdown", "25", "--timeout-keep-alive", "7", "--no-access-log"])
-    assert calls == [
-        (
-            "app.main:app",
-            {
-                "host": "127.0.0.2",
-                "port": 9124,
-                "workers": 1,
-                "log_config": ANY,
-                "log_level": "warning",
-                "access_log": False,
-                "timeout_graceful_shutdown": 25,
-                "timeout_keep_alive": 7,
-            },
-        )
-    ]
-    loggers = calls[0][1]["log_config"]["loggers"]  # type: ignore[index]
-    for name in ["", "uvicorn", "uvicorn.error", "uvicorn.access"]:
-        assert loggers[name]["level"] == "WARNING", name
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        pytest.param({"api_token": ""}, "api_token", id="empty-token"),
+        pytest.param({"api_token": "a", "api_token_file": "x"}, "not both", id="both"),
+        pytest.param({"api_token_file": "/nonexistent/token"}, "cannot be read", id="missing"),
+    ],
+)
+def test_bad_token_settings_are_refused(changes: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValidationError, match=match):
+        Settings(**changes)
 
 
-@pytest.mark.usefixtures("sigterm_restored")
-def test_flag_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[dict[str, object]] = []
-    monkeypatch.setattr("uvicorn.run", lambda app, **kw: calls.append(kw))
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
-    monkeypatch.setenv("WEB_CONCURRENCY", "1")
-    main([])
-    assert calls[0]["access_log"] is True
-    assert calls[0]["timeout_graceful_shutdown"] is None
-    assert calls[0]["timeout_keep_alive"] == 5
+def test_an_empty_token_file_is_refused(tmp_path: Path) -> None:
+    secret = tmp_path / "token"
+    secret.write_text("\n")
+    with pytest.raises(ValidationError, match="is empty"):
+        Settings(api_token_file=secret)
 
 
-def test_metrics_dir_is_emptied_before_start(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    directory = tmp_path / "metrics"
-    directory.mkdir()
-    (directory / "counter_123.db").write_bytes(b"stale")
-    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(directory))
-    prepare_metrics_dir(workers=2)
-    assert directory.is_dir()
-    assert list(directory.iterdir()) == []
+def test_the_token_is_not_shown_in_the_settings_repr() -> None:
+    assert TOKEN not in repr(Settings(api_token=TOKEN))
 
 
-def test_several_workers_get_a_fresh_metrics_dir(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Set first, so that monkeypatch records it and unsets what prepare_metrics_dir sets.
-    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "")
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
-    prepare_metrics_dir(workers=1)
-    assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ
-    prepare_metrics_dir(workers=2)
-    directory = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
-    assert directory.is_dir()
-    assert list(directory.iterdir()) == []
-    directory.rmdir()
+def test_default_cap_is_the_cpu_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RLHF_MAX_IN_FLIGHT", raising=False)
+    assert Settings().max_in_flight == len(os.sched_getaffinity(0))
 
 
-def test_log_level_applies_to_the_service_logger(monkeypatch: pytest.MonkeyPatch) -> None:
-    logger = logging.getLogger("app")
-    monkeypatch.setattr(logger, "level", logger.level)  # restored after the test
-    create_app(Settings(log_level="debug"))
-    assert logging.getLogger("app").level == logging.DEBUG
-    create_app(Settings(log_level="warning"))
-    assert logging.getLogger("app").level == logging.WARNING
+def test_default_limit_is_two_to_the_27(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RLHF_MAX_ELEMENTS", raising=False)
+    assert Settings().max_elements == 2**27

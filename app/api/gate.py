@@ -38,10 +38,8 @@ class ConcurrencyGate:
     def __enter__(self) -> None:
         """Hold a slot for the duration of a `with gate:` block; 503 when none is free.
 
-        Taken in the /update handler itself rather than through a FastAPI dependency with
-        `yield`, whose machinery costs more than a small update's whole computation; and
-        the gate is its own context manager, without the generator of a
-        `contextlib.contextmanager`.
+        Taken in the /update handler itself, after the bearer token (a dependency) has
+        been checked, so that a refused token never holds a slot.
 
         Raises
         ------

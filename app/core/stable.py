@@ -1,7 +1,8 @@
 """Reductions that keep their digits at the ends of float64: mean, std, norms, and a clamp.
 
-Pure NumPy on 1-D float64 arrays. Overflow is looked for, not warned about: these run
-under ``np.errstate(over="ignore", invalid="ignore")``, as `app.core.update` sets it.
+Pure NumPy on 1-D float64 arrays. Overflow is looked for, not warned about: the
+reductions that may overflow on the way to a representable answer run under their own
+``np.errstate(over="ignore", invalid="ignore")``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def clamp(values: FloatArray, bound: float) -> FloatArray:
     return clamped
 
 
+@np.errstate(over="ignore", invalid="ignore")
 def mean(values: FloatArray) -> float:
     """Mean that does not overflow while the mean itself is representable.
 
@@ -79,6 +81,7 @@ def l2_norm(values: FloatArray) -> float:
     return scale * math.sqrt(squares)
 
 
+@np.errstate(over="ignore", invalid="ignore")
 def scaled_sum_of_squares(values: FloatArray) -> tuple[float, float]:
     """``(s, q)`` with ``sum(values**2) = s**2 * q``, q free of overflow and underflow.
 

@@ -74,17 +74,18 @@ def _refusal(body: bytes | bytearray) -> MalformedJsonError | InvalidPayloadErro
         if errors[0]["type"] == "json_invalid":
             return MalformedJsonError(f"malformed JSON: {errors[0]['ctx']['error']}")
         return InvalidPayloadError([describe_validation_error(error) for error in errors])
-    # The model accepted it: what the fast path refused beyond the model is ragged rows.
+    # The model accepted it: what the fast path refuses beyond the model is ragged rows.
     n = len(request.weights)
+    ragged = [
+        InputProblem(
+            ("log_prob_grads", i),
+            f"log_prob_grads[{i}] has {len(row)} entries; expected {n} (= len(weights))",
+        )
+        for i, row in enumerate(request.log_prob_grads)
+        if len(row) != n
+    ]
     return InvalidPayloadError(
-        [
-            InputProblem(
-                ("log_prob_grads", i),
-                f"log_prob_grads[{i}] has {len(row)} entries; expected {n} (= len(weights))",
-            )
-            for i, row in enumerate(request.log_prob_grads)
-            if len(row) != n
-        ]
+        ragged or [InputProblem((), "the body does not satisfy the request contract")]
     )
 
 
