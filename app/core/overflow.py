@@ -33,7 +33,7 @@ def first_non_finite(array: AnyFloatArray) -> tuple[int, ...] | None:
     A finite sum proves every entry finite without a boolean temporary of the array's
     size; only when it is not (a non-finite entry, or a finite sum that overflowed) look.
     """
-    if math.isfinite(np.sum(array)):
+    if math.isfinite(array.sum()):
         return None
     bad = np.argwhere(~np.isfinite(array))
     return tuple(int(i) for i in bad[0]) if bad.size else None

@@ -206,7 +206,7 @@ def compute_update(
     own_estimate = {estimator: kl_mean} if options.kl_clamp is None else {}
     stats = UpdateStats(
         kl_mean=kl_mean,
-        kl_max=float(np.max(kl)),
+        kl_max=float(kl.max()),
         reward_mean=reward_mean,
         reward_std=sample_std(r, reward_mean),
         adjusted_reward_mean=mean(adjusted),
