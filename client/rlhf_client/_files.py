@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from rlhf_client._wire import read_safetensors_metadata
+from rlhf_client._wire import ARRAY_NAMES, read_safetensors_metadata
 
 __all__ = [
     "ARRAY_NAMES",
@@ -28,7 +28,6 @@ __all__ = [
     "write_weights",
 ]
 
-ARRAY_NAMES = ("weights", "rewards", "policy_log_probs", "ref_log_probs", "log_prob_grads")
 SUFFIXES = (".npz", ".safetensors", ".json")
 
 

@@ -22,6 +22,7 @@ from rlhf_client._errors import APIResponseError, status_error_class
 from rlhf_client._models import UpdateResult, UpdateStats
 
 __all__ = [
+    "ARRAY_NAMES",
     "JSON_MEDIA_TYPE",
     "SAFETENSORS_MEDIA_TYPE",
     "PreparedUpdate",
@@ -41,9 +42,8 @@ SAFETENSORS_MEDIA_TYPE = "application/x-safetensors"
 REQUEST_ID_HEADER = "X-Request-ID"
 
 TransportName = Literal["auto", "json", "safetensors"]
-OptionValue = str | bool | int | float | Sequence[int] | NDArray[np.integer[Any]]
-
-_ARRAYS = ("weights", "rewards", "policy_log_probs", "ref_log_probs", "log_prob_grads")
+# The five arrays of an update, in the order of the service's signature.
+ARRAY_NAMES = ("weights", "rewards", "policy_log_probs", "ref_log_probs", "log_prob_grads")
 
 
 def has_safetensors() -> bool:
@@ -64,7 +64,7 @@ class PreparedUpdate:
 def check_update_arrays(arrays: Sequence[ArrayLike]) -> dict[str, NDArray[np.floating[Any]]]:
     """The five arrays by name, as float32 or float64, after the shape and finiteness checks."""
     named = {
-        name: _as_float_array(name, array) for name, array in zip(_ARRAYS, arrays, strict=True)
+        name: _as_float_array(name, array) for name, array in zip(ARRAY_NAMES, arrays, strict=True)
     }
     _check_shapes(named)
     return named
