@@ -59,7 +59,10 @@ class _BaseClient:
             msg = f"transport must be 'auto', 'json' or 'safetensors', not {transport!r}"
             raise ValueError(msg)
         if transport == "safetensors" and not has_safetensors():
-            msg = "transport='safetensors' needs safetensors: pip install 'rlhf-update[binary]'"
+            msg = (
+                "transport='safetensors' needs safetensors: "
+                "pip install 'rlhf-update-client[binary]'"
+            )
             raise ImportError(msg)
         if max_retries < 0:
             msg = f"max_retries must be >= 0, not {max_retries}"
