@@ -22,7 +22,7 @@ from .api.probes import router as probes_router
 from .api.problems import PROBLEM_MEDIA_TYPE, install_error_handlers, problem_doc
 from .api.request_id import RequestIdMiddleware
 from .api.scrape import router as metrics_router
-from .api.update import install_update_route
+from .api.update import document_examples, install_update_route
 from .ops.lifecycle import Lifecycle, lifespan
 from .ops.metrics import UpdateMetrics
 from .ops.observer import UpdateObserver
@@ -44,6 +44,8 @@ class _Service(FastAPI):
 
     def openapi(self) -> dict[str, Any]:
         # FastAPI files a response model under application/json; errors go out as problem+json.
+        if self.openapi_schema is not None:
+            return self.openapi_schema
         schema = super().openapi()
         for path in schema["paths"].values():
             for operation in path.values():
@@ -51,6 +53,13 @@ class _Service(FastAPI):
                     content = response.get("content", {})
                     if PROBLEM_MEDIA_TYPE in content and "application/json" in content:
                         content[PROBLEM_MEDIA_TYPE] = content.pop("application/json")
+        limits = self.state.settings
+        document_examples(
+            schema["paths"]["/update"]["post"],
+            limits.max_body_size,
+            limits.max_elements,
+            limits.max_in_flight,
+        )
         return schema
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import orjson
 from fastapi.testclient import TestClient
 
 from app.wire.schemas import UpdateOptionsModel, UpdateStatsModel
+from tests.helpers.readme import KINDS, fenced_blocks, runnable_blocks
 
 README = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
 
@@ -37,11 +39,24 @@ def test_order_of_operations_is_stated_step_by_step() -> None:
 
 
 def test_quick_start_shows_the_services_answer(client: TestClient) -> None:
+    # In-process, for the inner loop; tests/system/test_readme_examples.py runs it with curl.
     quick_start = README.split("## Quick start", 1)[1].split("\n## ", 1)[0]
-    request = re.search(r"-d '(\{.+?\})'", quick_start, re.S)
-    answer = re.search(r"^answers\n\n    (\{.+\})$", quick_start, re.M)
+    [(curl, answer)] = runnable_blocks(quick_start)
+    request = re.search(r"-d '(\{.+?\})'", curl.text, re.S)
     assert request is not None
     assert answer is not None
     response = client.post("/update", content=request.group(1))
     assert response.status_code == 200
-    assert orjson.loads(response.content) == orjson.loads(answer.group(1))
+    assert orjson.loads(response.content) == orjson.loads(answer.text)
+
+
+def test_every_fenced_block_says_what_it_is() -> None:
+    unmarked = [block.name for block in fenced_blocks(README) if block.kind not in KINDS]
+    assert unmarked == [], (
+        "mark each with <!-- readme: run|output|shape --> (tests/helpers/readme.py)"
+    )
+    # An output block belongs to the runnable block just before it.
+    blocks = fenced_blocks(README)
+    for before, block in itertools.pairwise(blocks):
+        if block.kind == "output":
+            assert before.kind == "run", f"{block.name} follows {before.name}, which is not run"

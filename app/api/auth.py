@@ -11,7 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ..errors import UnauthorizedError
 
-__all__ = ["bearer_token_check"]
+__all__ = ["bearer_token_check", "verify_bearer_token"]
 
 # Declares the scheme in OpenAPI and parses the header; the 401 is ours (problem+json).
 _bearer = HTTPBearer(auto_error=False, description="The token set in RLHF_API_TOKEN.")
@@ -24,12 +24,17 @@ def bearer_token_check(token: str) -> Callable[[Credentials], Awaitable[None]]:
     expected = token.encode()
 
     async def require_bearer_token(credentials: Credentials) -> None:
-        if credentials is None:
-            msg = "this endpoint needs an 'Authorization: Bearer <token>' header"
-            raise UnauthorizedError(msg)
-        # Constant time, so the comparison does not reveal how much of a guess was right.
-        if not secrets.compare_digest(credentials.credentials.encode(), expected):
-            msg = "the bearer token is not valid"
-            raise UnauthorizedError(msg)
+        verify_bearer_token(credentials, expected)
 
     return require_bearer_token
+
+
+def verify_bearer_token(credentials: HTTPAuthorizationCredentials | None, expected: bytes) -> None:
+    """Raise `UnauthorizedError` (401) unless `credentials` carry the token `expected`."""
+    if credentials is None:
+        msg = "this endpoint needs an 'Authorization: Bearer <token>' header"
+        raise UnauthorizedError(msg)
+    # Constant time, so the comparison does not reveal how much of a guess was right.
+    if not secrets.compare_digest(credentials.credentials.encode(), expected):
+        msg = "the bearer token is not valid"
+        raise UnauthorizedError(msg)

@@ -14,6 +14,7 @@ id (the X-Request-ID of the response) as `request_id`; see `app.errors` for the 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -36,7 +37,15 @@ from ..ops.context import current_context
 from ..wire.schemas import Problem
 from .request_id import new_request_id
 
-__all__ = ["PROBLEM_MEDIA_TYPE", "install_error_handlers", "problem_doc", "problem_response"]
+__all__ = [
+    "PROBLEM_MEDIA_TYPE",
+    "as_problem",
+    "install_error_handlers",
+    "problem_body",
+    "problem_doc",
+    "problem_examples_doc",
+    "problem_response",
+]
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 
@@ -51,7 +60,18 @@ def problem_response(problem: ProblemError) -> Response:
     context = current_context()
     if context is not None:
         context.problem = problem
-    body = {
+    request_id = context.request_id if context is not None else new_request_id()
+    return Response(
+        orjson.dumps(problem_body(problem, request_id)),
+        status_code=problem.status,
+        headers=dict(problem.headers),
+        media_type=PROBLEM_MEDIA_TYPE,
+    )
+
+
+def problem_body(problem: ProblemError, request_id: str) -> dict[str, Any]:
+    """The problem document of `problem`, as the answer to the request `request_id` holds it."""
+    return {
         "type": problem.type_uri,
         "title": problem.title,
         "status": problem.status,
@@ -59,19 +79,28 @@ def problem_response(problem: ProblemError) -> Response:
         "errors": [
             {"loc": list(p.loc), "msg": p.msg} for p in problem.problems[:MAX_LISTED_PROBLEMS]
         ],
-        "request_id": context.request_id if context is not None else new_request_id(),
+        "request_id": request_id,
     }
-    return Response(
-        orjson.dumps(body),
-        status_code=problem.status,
-        headers=dict(problem.headers),
-        media_type=PROBLEM_MEDIA_TYPE,
-    )
 
 
 def problem_doc(description: str) -> dict[str, Any]:
     """The OpenAPI entry of an error response (problem+json)."""
     return {"description": description, "model": Problem, "content": {PROBLEM_MEDIA_TYPE: {}}}
+
+
+def problem_examples_doc(examples: Sequence[ProblemError]) -> dict[str, Any]:
+    """OpenAPI examples, named by problem type: the documents the service sends for them."""
+    request_id = new_request_id()
+    return {
+        problem.label: {"summary": problem.title, "value": problem_body(problem, request_id)}
+        for problem in examples
+    }
+
+
+def as_problem(exc: UpdateError) -> ProblemError:
+    """The problem type of an error of the numeric core: 422 update-overflow or invalid-payload."""
+    kind = UpdateOverflowProblem if isinstance(exc, UpdateOverflowError) else InvalidPayloadError
+    return kind(exc.problems)
 
 
 async def _on_problem(request: Request, exc: Exception) -> Response:
@@ -81,8 +110,7 @@ async def _on_problem(request: Request, exc: Exception) -> Response:
 
 async def _on_update_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, UpdateError)
-    kind = UpdateOverflowProblem if isinstance(exc, UpdateOverflowError) else InvalidPayloadError
-    return problem_response(kind(exc.problems))
+    return problem_response(as_problem(exc))
 
 
 async def _on_http_exception(request: Request, exc: Exception) -> Response:

@@ -22,13 +22,15 @@ from ..wire.media import (
     wire_format,
 )
 from ..wire.payload import UpdatePayload
+from ..wire.safetensors_codec import describe_layout
 from ..wire.schemas import REFERENCE_EXAMPLE, UpdateRequest, UpdateResponse
 from .body import read_body
+from .examples import ok_example, problem_examples
 from .gate import ConcurrencyGate
 from .limits import check_element_count
-from .problems import problem_doc
+from .problems import PROBLEM_MEDIA_TYPE, problem_doc, problem_examples_doc
 
-__all__ = ["install_update_route"]
+__all__ = ["document_examples", "install_update_route"]
 
 # Where the work runs: small work on the event loop, the rest in a worker thread, where
 # the loop keeps serving and updates run side by side on the cores. The hop to a thread
@@ -40,40 +42,71 @@ _INLINE_JSON_BYTES = 16 * 1024
 _INLINE_GRAD_ENTRIES = 2**20
 
 
-_UPDATE_OPENAPI: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            JSON_MEDIA_TYPE: {
-                "schema": UpdateRequest.model_json_schema(),
-                "example": REFERENCE_EXAMPLE,
-            },
-            SAFETENSORS_MEDIA_TYPE: {
-                "schema": {
-                    "type": "string",
-                    "format": "binary",
-                    "description": "A safetensors file with tensors weights, rewards, "
-                    "policy_log_probs, ref_log_probs, log_prob_grads (F32 or F64) and "
-                    "scalar tensors beta and lr.",
-                }
+def _binary_schema(role: str, when: str) -> dict[str, Any]:
+    """The schema of a safetensors body: its tensors and `__metadata__` keys, from the codec.
+
+    `x-safetensors` carries them as data (shape, dtypes, required) for generated clients.
+    """
+    layout = describe_layout()[role]
+    tensors = "; ".join(
+        f"{name} {t['shape']} {'/'.join(t['dtypes'])}"
+        + ("" if t.get("required", True) else " (optional)")
+        for name, t in layout["tensors"].items()
+    )
+    metadata = ", ".join(layout["metadata"])
+    return {
+        "type": "string",
+        "format": "binary",
+        "contentMediaType": SAFETENSORS_MEDIA_TYPE,
+        "description": f"A safetensors file{when}. Tensors: {tensors}. "
+        f"__metadata__ (strings): {metadata}.",
+        "x-safetensors": layout,
+    }
+
+
+def document_examples(
+    operation: dict[str, Any], max_body_size: int, max_elements: int, max_in_flight: int
+) -> None:
+    """Fill /update's OpenAPI `operation` with real answers, computed now by the service.
+
+    The 200 example is the answer to the request's example; each error response shows
+    the problem documents the service sends for it under these limits. Done when the
+    document is built, so a failure here fails /openapi.json, not the service.
+    """
+    responses = operation["responses"]
+    responses["200"]["content"][JSON_MEDIA_TYPE]["example"] = ok_example()
+    examples = problem_examples(max_body_size, max_elements, max_in_flight)
+    for status, doc in responses.items():
+        media = doc.get("content", {}).get(PROBLEM_MEDIA_TYPE)
+        if media is not None and status.isdigit() and int(status) in examples:
+            media["examples"] = problem_examples_doc(examples[int(status)])
+
+
+def _update_openapi() -> dict[str, Any]:
+    """What FastAPI cannot derive: both media types of the body and of the 200 answer."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                JSON_MEDIA_TYPE: {
+                    "schema": UpdateRequest.model_json_schema(),
+                    "example": REFERENCE_EXAMPLE,
+                },
+                SAFETENSORS_MEDIA_TYPE: {"schema": _binary_schema("request", "")},
             },
         },
-    },
-    "responses": {
-        "200": {
-            "content": {
-                SAFETENSORS_MEDIA_TYPE: {
-                    "schema": {
-                        "type": "string",
-                        "format": "binary",
-                        "description": "Sent when Accept lists application/x-safetensors: "
-                        "tensor weights, and the stats as JSON in __metadata__['stats'].",
-                    }
+        "responses": {
+            "200": {
+                "content": {
+                    SAFETENSORS_MEDIA_TYPE: {
+                        "schema": _binary_schema(
+                            "response", ", sent when Accept lists application/x-safetensors"
+                        )
+                    },
                 }
             }
-        }
-    },
-}
+        },
+    }
 
 
 class _UpdateRoute(APIRoute):
@@ -107,6 +140,7 @@ def install_update_route(
         route_class_override=_UpdateRoute,
         dependencies=dependencies,
         summary="Apply one RLHF policy-gradient update",
+        operation_id="update",
         response_model=UpdateResponse,
         responses={
             400: problem_doc("The body is empty, or not well-formed JSON or safetensors."),
@@ -118,7 +152,7 @@ def install_update_route(
             422: problem_doc("The payload breaks the contract, or the update overflows."),
             **responses,
         },
-        openapi_extra=_UPDATE_OPENAPI,
+        openapi_extra=_update_openapi(),
     )
 
 

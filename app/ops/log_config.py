@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from pythonjsonlogger.core import RESERVED_ATTRS
 
 __all__ = ["log_config"]
 
+# RFC 3339 in UTC with milliseconds, e.g. 2026-11-25T22:17:03.042Z: logging.Formatter's own
+# time format (no datefmt), with its millisecond suffix ending in Z and UTC as the clock.
+_TIME_FORMAT = {
+    "converter": time.gmtime,
+    "default_time_format": "%Y-%m-%dT%H:%M:%S",
+    "default_msec_format": "%s.%03dZ",
+}
 # uvicorn adds an ANSI-coloured copy of some messages as `color_message`; drop it.
 _SKIPPED = ["color_message"]
 
@@ -27,7 +35,8 @@ def log_config(level: str) -> dict[str, Any]:
                 "fmt": "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s",
                 "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
                 "reserved_attrs": [*RESERVED_ATTRS, *_SKIPPED],
-                "datefmt": "%Y-%m-%dT%H:%M:%S%z",
+                # dictConfig sets these attributes on the formatter it builds.
+                ".": dict(_TIME_FORMAT),
             }
         },
         "handlers": {

@@ -33,7 +33,7 @@ from .payload import UpdatePayload
 from .schemas import UpdateOptionsModel
 from .stats import stats_as_dict
 
-__all__ = ["decode_request", "encode_response"]
+__all__ = ["decode_request", "describe_layout", "encode_response"]
 
 _SCALARS = ("beta", "lr")
 _GROUP_IDS = "group_ids"
@@ -48,6 +48,9 @@ _INTEGERS: dict[str, np.dtype[Any]] = {
     for size in (1, 2, 4, 8)
     for code in (f"{prefix}{8 * size}",)
 }
+# The answer: the new weights as one tensor, the stats as JSON text in the metadata.
+_ANSWER_TENSOR = "weights"
+_STATS_KEY = "stats"
 # safetensors' own limit on the header; checked before the header is copied.
 _MAX_HEADER_BYTES = 100_000_000
 _LENGTH_BYTES = 8
@@ -89,7 +92,37 @@ def decode_request(body: bytearray) -> UpdatePayload:
 def encode_response(result: UpdateResult) -> bytes:
     """One tensor `weights` in the dtype of the result; the stats as JSON in the metadata."""
     stats = orjson.dumps(stats_as_dict(result)).decode()
-    return save({"weights": result.weights}, metadata={"stats": stats})
+    return save({_ANSWER_TENSOR: result.weights}, metadata={_STATS_KEY: stats})
+
+
+def describe_layout() -> dict[str, Any]:
+    """What a request file holds and what an answer holds, as the OpenAPI document shows it.
+
+    Tensors by name with their shape and allowed dtypes; the `__metadata__` keys, whose
+    values are strings.
+    """
+    floats = sorted(_FLOATS)
+    tensors: dict[str, Any] = {
+        name: {"shape": shape_text(name), "dtypes": floats, "required": True}
+        for name in ARRAY_SHAPES
+    }
+    tensors |= {
+        name: {"shape": "() or (1,)", "dtypes": floats, "required": True} for name in _SCALARS
+    }
+    tensors[_GROUP_IDS] = {"shape": "(B,)", "dtypes": list(_INTEGERS), "required": False}
+    return {
+        "request": {"tensors": tensors, "metadata": list(_METADATA_OPTIONS)},
+        "response": {
+            "tensors": {
+                _ANSWER_TENSOR: {
+                    "shape": shape_text(_ANSWER_TENSOR),
+                    "dtypes": floats,
+                    "dtype": "the dtype of the request's weights",
+                }
+            },
+            "metadata": {_STATS_KEY: "the stats object of the JSON answer, as JSON text"},
+        },
+    }
 
 
 def _options_from_binary(metadata: dict[str, str], group_ids: NDArray[Any] | None) -> UpdateOptions:

@@ -59,7 +59,10 @@ class _BaseClient:
             msg = f"transport must be 'auto', 'json' or 'safetensors', not {transport!r}"
             raise ValueError(msg)
         if transport == "safetensors" and not has_safetensors():
-            msg = "transport='safetensors' needs safetensors: pip install 'rlhf-update[binary]'"
+            msg = (
+                "transport='safetensors' needs safetensors: "
+                "pip install 'rlhf-update-client[binary]'"
+            )
             raise ImportError(msg)
         if max_retries < 0:
             msg = f"max_retries must be >= 0, not {max_retries}"
@@ -195,7 +198,7 @@ class Client(_BaseClient):
         if self._should_resend_as_json(prepared, response):
             prepared = self._prepare(arrays, beta, lr, options, json_only=True)
             response = self._post_update(prepared, timeout, request_id)
-        return decode_update_response(response, prepared.weights_dtype)
+        return decode_update_response(response, prepared)
 
     def health(self, *, timeout: Timeout | None = None) -> dict[str, Any]:
         """GET /healthz: the service's liveness answer, `{"status": "ok"}`."""
@@ -304,7 +307,7 @@ class AsyncClient(_BaseClient):
         if self._should_resend_as_json(prepared, response):
             prepared = self._prepare(arrays, beta, lr, options, json_only=True)
             response = await self._post_update(prepared, timeout, request_id)
-        return decode_update_response(response, prepared.weights_dtype)
+        return decode_update_response(response, prepared)
 
     async def health(self, *, timeout: Timeout | None = None) -> dict[str, Any]:
         """GET /healthz: the service's liveness answer, `{"status": "ok"}`."""

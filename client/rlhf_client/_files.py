@@ -21,10 +21,13 @@ from rlhf_client._wire import ARRAY_NAMES, read_safetensors_metadata
 
 __all__ = [
     "ARRAY_NAMES",
+    "SAMPLE_BATCH",
     "Batch",
     "BatchFileError",
+    "check_format",
     "parse_option_value",
     "read_batch",
+    "write_batch",
     "write_weights",
 ]
 
@@ -43,6 +46,61 @@ class Batch:
     beta: float | None = None
     lr: float | None = None
     options: dict[str, Any] = field(default_factory=dict)
+
+
+# What `rlhf-update example` writes: B = 4 samples of N = 3 weights, two prompts of two
+# samples each (for baseline=mean), small enough to read, with beta and lr.
+SAMPLE_BATCH: dict[str, Any] = {
+    "weights": [0.5, -0.25, 1.0],
+    "rewards": [1.0, 0.0, 0.5, 2.0],
+    "policy_log_probs": [-1.25, -0.75, -2.0, -0.5],
+    "ref_log_probs": [-1.0, -1.0, -2.0, -0.75],
+    "log_prob_grads": [
+        [0.5, -0.25, 0.0],
+        [-0.5, 0.25, 0.125],
+        [0.25, 0.5, -0.5],
+        [0.0, -0.5, 0.75],
+    ],
+    "group_ids": [0, 0, 1, 1],
+    "beta": 0.1,
+    "lr": 0.01,
+}
+
+
+def check_format(path: str) -> None:
+    """Raise `BatchFileError` unless `path` is `-` or has a suffix this module reads and writes."""
+    if path != "-":
+        _suffix(path)
+
+
+def write_batch(path: str, batch: dict[str, Any]) -> None:
+    """Write the entries of `batch` (arrays, beta, lr, options) as `read_batch` reads them."""
+    if path == "-":
+        sys.stdout.write(json.dumps(batch) + "\n")
+        return
+    suffix = _suffix(path)
+    try:
+        if suffix == ".json":
+            Path(path).write_text(json.dumps(batch) + "\n")
+        elif suffix == ".npz":
+            with Path(path).open("wb") as file:  # np.savez would append ".npz" to other names
+                arrays: dict[str, Any] = {name: np.asarray(v) for name, v in batch.items()}
+                np.savez(file, **arrays)
+        else:
+            from safetensors.numpy import save_file
+
+            tensors = {
+                name: np.asarray(value)
+                for name, value in batch.items()
+                if name in (*ARRAY_NAMES, "beta", "lr", "group_ids")
+            }
+            metadata = {
+                name: json.dumps(value) for name, value in batch.items() if name not in tensors
+            }
+            save_file(tensors, path, metadata=metadata or None)
+    except OSError as exc:
+        msg = f"cannot write {path}: {exc.strerror or exc}"
+        raise BatchFileError(msg) from None
 
 
 def parse_option_value(text: str) -> Any:
@@ -115,7 +173,10 @@ def _suffix(path: str) -> str:
         try:
             import safetensors  # noqa: F401
         except ImportError:
-            msg = f"{path}: .safetensors files need safetensors: pip install 'rlhf-update[binary]'"
+            msg = (
+                f"{path}: .safetensors files need safetensors: "
+                "pip install 'rlhf-update-client[binary]'"
+            )
             raise BatchFileError(msg) from None
     return suffix
 

@@ -18,7 +18,7 @@ import httpx2
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from rlhf_client._errors import APIResponseError, status_error_class
+from rlhf_client._errors import APIResponseError, ContentTooLargeError, status_error_class
 from rlhf_client._models import UpdateResult, UpdateStats
 
 __all__ = [
@@ -49,6 +49,13 @@ ARRAY_NAMES = ("weights", "rewards", "policy_log_probs", "ref_log_probs", "log_p
 def has_safetensors() -> bool:
     """Whether the optional safetensors package (the `[binary]` extra) is installed."""
     return importlib.util.find_spec("safetensors") is not None
+
+
+JSON_TOO_LARGE_HINT = (
+    "the body was JSON: send it as safetensors, 8 bytes per float64 (4 per float32) against "
+    "about 20 as JSON text (pip install 'rlhf-update-client[binary]', then "
+    "transport='safetensors', or the CLI's --transport safetensors)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,9 +104,15 @@ def encode_update(
     return PreparedUpdate(content, headers, arrays["weights"].dtype, binary)
 
 
-def decode_update_response(response: httpx2.Response, weights_dtype: np.dtype[Any]) -> UpdateResult:
+def decode_update_response(response: httpx2.Response, prepared: PreparedUpdate) -> UpdateResult:
     """The result of a 200 answer, weights cast back to the dtype that was sent."""
-    raise_for_status(response)
+    try:
+        raise_for_status(response)
+    except ContentTooLargeError as exc:
+        if not prepared.binary:
+            exc.hint = JSON_TOO_LARGE_HINT
+        raise
+    weights_dtype = prepared.weights_dtype
     media_type = _media_type(response)
     try:
         if media_type == SAFETENSORS_MEDIA_TYPE:

@@ -7,6 +7,7 @@ printed), 4 connection failure, timeout or 5xx after retries.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import time
@@ -16,24 +17,38 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from rlhf_client._client import Client
+import httpx2
+
+from rlhf_client._client import DEFAULT_TIMEOUT, Client
 from rlhf_client._errors import (
     APIConnectionError,
     APIResponseError,
     APIStatusError,
     InternalServerError,
 )
-from rlhf_client._files import BatchFileError, parse_option_value, read_batch, write_weights
+from rlhf_client._files import (
+    SAMPLE_BATCH,
+    BatchFileError,
+    check_format,
+    parse_option_value,
+    read_batch,
+    write_batch,
+    write_weights,
+)
 from rlhf_client._models import UpdateStats
+from rlhf_client._progress import ProgressTransport
 from rlhf_client._version import __version__
 
 __all__ = ["main"]
 
 EXIT_OK, EXIT_USAGE, EXIT_REJECTED, EXIT_UNAVAILABLE = 0, 2, 3, 4
+# Uploads from this size on show a progress bar (when tqdm, the [cli] extra, is installed).
+PROGRESS_BYTES = 4 << 20
 
 _MAIN_EXAMPLES = """\
 examples:
   rlhf-update health
+  rlhf-update example --out batch.npz
   rlhf-update --base-url http://127.0.0.1:8000 update --in batch.npz --out new.safetensors \\
       --beta 0.1 --lr 0.01
   rlhf-update demo --in-process
@@ -53,6 +68,15 @@ The input holds weights, rewards, policy_log_probs, ref_log_probs and log_prob_g
 those names (.npz, .safetensors, .json, or - for JSON on stdin), beta and lr as 0-d entries
 unless given as flags (flags win), and any algorithm option (group_ids as an integer array).
 The output holds `weights`; the stats go to stderr as one JSON line.
+"""
+
+_EXAMPLE_EXAMPLES = """\
+examples:
+  rlhf-update example --out batch.npz             # also .safetensors, .json, or - (stdout)
+  rlhf-update update --in batch.npz --out new.npz
+
+Writes a batch of B = 4 samples and N = 3 weights with beta and lr, in the format of the
+path's suffix, ready for `rlhf-update update --in`.
 """
 
 _HEALTH_EXAMPLES = """\
@@ -106,19 +130,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--base-url", help="the service's URL (default: $RLHF_BASE_URL)")
-    parser.add_argument(
-        "--timeout", type=float, help="seconds per request (default: 60 read, 5 connect)"
-    )
-    parser.add_argument(
-        "--max-retries", type=int, default=2, help="retries of retryable failures (default: 2)"
-    )
-    parser.add_argument(
-        "--transport",
-        choices=("auto", "json", "safetensors"),
-        default="auto",
-        help="wire format (default: safetensors for large batches when installed)",
-    )
+    _add_global_flags(parser, suppress=False)
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
     update = _subcommand(
@@ -141,6 +153,14 @@ def _parser() -> argparse.ArgumentParser:
     health = _subcommand(commands, "health", "check that the service is up", _HEALTH_EXAMPLES)
     health.set_defaults(command=_run_health)
 
+    example = _subcommand(
+        commands, "example", "write a sample batch to try the update with", _EXAMPLE_EXAMPLES
+    )
+    example.add_argument(
+        "--out", dest="output", required=True, metavar="PATH", help="where to write it"
+    )
+    example.set_defaults(command=_run_example)
+
     demo = _subcommand(commands, "demo", "RLHF on a bandit with a known optimum", _DEMO_EXAMPLES)
     demo.add_argument("--steps", type=int, default=200, help="updates per run (default: 200)")
     demo.add_argument("--seeds", type=int, default=3, help="problem instances to average (3)")
@@ -151,6 +171,45 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_global_flags(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    """The flags every command takes, before or after its name.
+
+    A subcommand's copy has no defaults (`suppress`): it sets a flag only when given
+    there, so one given before the subcommand is kept.
+    """
+
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if suppress else value
+
+    parser.add_argument(
+        "--base-url", default=default(None), help="the service's URL (default: $RLHF_BASE_URL)"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=default(None),
+        help="seconds per request (default: 60 read, 5 connect)",
+    )
+    parser.add_argument(
+        "--max-retries",
+        type=int,
+        default=default(2),
+        help="retries of retryable failures (default: 2)",
+    )
+    parser.add_argument(
+        "--transport",
+        choices=("auto", "json", "safetensors"),
+        default=default("auto"),
+        help="wire format (default: safetensors for large batches when installed)",
+    )
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        default=default(False),
+        help="run the service in this process, with no port (needs the service installed)",
+    )
+
+
 def _subcommand(commands: Any, name: str, summary: str, examples: str) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = commands.add_parser(
         name,
@@ -159,11 +218,7 @@ def _subcommand(commands: Any, name: str, summary: str, examples: str) -> argpar
         epilog=examples,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--in-process",
-        action="store_true",
-        help="run the service in this process, with no port (needs the service installed)",
-    )
+    _add_global_flags(parser, suppress=True)
     return parser
 
 
@@ -175,7 +230,10 @@ def _client(args: argparse.Namespace) -> Iterator[Client]:
         "transport": args.transport,
     }
     if not args.in_process:
-        with Client(args.base_url, **settings) as client:
+        with (
+            _http_client(args) as http,
+            Client(args.base_url, http_client=http, **settings) as client,
+        ):
             yield client
         return
     try:
@@ -191,7 +249,27 @@ def _client(args: argparse.Namespace) -> Iterator[Client]:
         yield client
 
 
+def _http_client(args: argparse.Namespace) -> httpx2.Client:
+    """The HTTP client of the commands: a progress bar on uploads of PROGRESS_BYTES or more."""
+    transport: httpx2.BaseTransport = httpx2.HTTPTransport()
+    if _has_tqdm():
+        transport = ProgressTransport(transport, PROGRESS_BYTES)
+    return httpx2.Client(timeout=DEFAULT_TIMEOUT, transport=transport)
+
+
+def _has_tqdm() -> bool:
+    return importlib.util.find_spec("tqdm") is not None
+
+
+def _run_example(args: argparse.Namespace) -> int:
+    write_batch(args.output, SAMPLE_BATCH)
+    if args.output != "-":
+        print(f"wrote {args.output}: B = 4 samples, N = 3 weights, beta and lr", file=sys.stderr)
+    return EXIT_OK
+
+
 def _run_update(args: argparse.Namespace) -> int:
+    check_format(args.output)  # before reading, uploading and computing
     batch = read_batch(args.input)
     beta = args.beta if args.beta is not None else batch.beta
     lr = args.lr if args.lr is not None else batch.lr
@@ -228,6 +306,9 @@ def _run_demo(args: argparse.Namespace) -> int:
     if args.steps < 1 or args.seeds < 1:
         msg = "--steps and --seeds must be at least 1"
         raise ValueError(msg)
+    if importlib.util.find_spec("matplotlib") is None:  # before minutes of training
+        msg = "the demo draws its figure with matplotlib: pip install 'rlhf-update-client[demo]'"
+        raise ImportError(msg)
     total = args.steps * args.seeds * len(DEFAULT_RUNS)
     started = time.perf_counter()
     with _client(args) as client, _progress(total, args) as tick:

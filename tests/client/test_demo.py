@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from rlhf_client import Client
 from rlhf_client.cli import main
 from rlhf_client.demo.bandit import make_bandit
-from rlhf_client.demo.report import CSV_COLUMNS
+from rlhf_client.demo.report import CAPTION, CSV_COLUMNS, figure
 from rlhf_client.demo.run import RunConfig, run_demo
 
 from app.main import create_app
@@ -98,3 +98,48 @@ def test_demo_command_writes_figure_and_csv(
     }
     out = capsys.readouterr().out
     assert "beta 0.2, baseline none, reward +1" in out
+
+
+def test_the_figure_explains_itself(settings: Settings) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.lines import Line2D
+
+    with TestClient(create_app(settings)) as http, Client(http_client=http) as client:
+        records = run_demo(client, steps=3, seeds=(0,))
+    fig = figure(records)
+    axes = fig.axes
+    assert len(axes) == 4
+    reward_axes, kl_axes = axes[0::2], axes[1::2]
+    assert all("reward" in ax.get_ylabel() for ax in reward_axes)
+    assert all("(nats)" in ax.get_ylabel() for ax in kl_axes)
+    # One colour per beta, the same in both rows; different betas, different colours.
+    colour_of: dict[str, set[str]] = {}
+    for ax in axes:
+        for line in ax.get_lines():
+            if line.get_linestyle() in ("-", ":"):
+                beta = str(line.get_label()).split(",")[0]
+                colour_of.setdefault(beta, set()).add(str(line.get_color()))
+    assert set(colour_of) == {"beta 0", "beta 0.05", "beta 0.2"}
+    assert all(len(colours) == 1 for colours in colour_of.values())
+    assert len({next(iter(c)) for c in colour_of.values()}) == 3
+    # Each distinct optimum is drawn once per panel: in the bottom row both runs share one.
+    expected_optima = [3, 2, 1, 1]  # beta 0's KL optimum is infinite, so not drawn
+    dashed = [[ln for ln in ax.get_lines() if ln.get_linestyle() == "--"] for ax in axes]
+    assert [len(lines) for lines in dashed] == expected_optima
+    for lines in dashed:
+        values = [line.get_ydata()[0] for line in lines]
+        assert len(set(values)) == len(values)
+    # The key explains solid, dotted and dashed lines; the caption, the run above its optimum.
+    [key] = fig.legends
+    styles = {
+        h.get_linestyle(): t.get_text()
+        for h, t in zip(key.legend_handles, key.get_texts(), strict=True)
+        if isinstance(h, Line2D)
+    }
+    assert "measured" in styles["-"]
+    assert "no baseline" in styles[":"]
+    assert "optimum" in styles["--"]
+    assert CAPTION in [" ".join(t.get_text().split()) for t in fig.texts]
+    assert "ends above its optimum" in CAPTION

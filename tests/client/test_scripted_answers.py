@@ -177,7 +177,10 @@ def test_status_maps_to_error_class(
     assert isinstance(caught.value, RLHFClientError)
     assert caught.value.title == "Title"
     assert caught.value.detail == "what went wrong"
-    assert str(caught.value) == f"{status} Title: what went wrong"
+    # A JSON body refused as too large also says to send safetensors (and nothing else does).
+    hint = caught.value.hint
+    assert (hint is not None) == (status == 413)
+    assert str(caught.value) == f"{status} Title: what went wrong" + (f"; {hint}" if hint else "")
 
 
 def test_service_unavailable_is_a_server_error() -> None:

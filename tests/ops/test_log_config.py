@@ -6,6 +6,7 @@ import json
 import logging
 import logging.config
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -97,3 +98,18 @@ def test_the_formatter_writes_one_json_object_per_line() -> None:
     assert (parsed["level"], parsed["logger"]) == ("INFO", "uvicorn.error")
     assert {"time", "process"} <= parsed.keys()
     assert "color_message" not in parsed
+
+
+def test_the_time_is_rfc_3339_in_utc_with_milliseconds() -> None:
+    config = log_config("info")
+    formatter = logging.config.dictConfigClass(config).configure_custom(
+        dict(config["formatters"]["json"])
+    )
+    record = logging.LogRecord("app.update", logging.INFO, "x", 1, "update", (), None)
+    # 2026-11-25T22:17:03.042 UTC, set by hand so that the expected text is independent.
+    record.created = 1795645023.042
+    record.msecs = 42.0
+    stamp = json.loads(formatter.format(record))["time"]
+    assert stamp == "2026-11-25T22:17:03.042Z"
+    parsed = datetime.fromisoformat(stamp)  # Python 3.11 reads RFC 3339 with Z
+    assert parsed == datetime(2026, 11, 25, 22, 17, 3, 42000, tzinfo=UTC)

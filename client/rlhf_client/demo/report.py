@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import csv
 import math
+import textwrap
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from rlhf_client.demo.run import DEFAULT_RUNS, RunConfig, StepRecord
 
-__all__ = ["plot", "summarize", "write_csv"]
+__all__ = ["CAPTION", "figure", "plot", "summarize", "write_csv"]
 
 CSV_COLUMNS = (
     "seed",
@@ -71,51 +73,138 @@ def summarize(records: Sequence[StepRecord]) -> str:
     return "\n".join(lines)
 
 
+# Why the run without baseline can end above "its" optimum: shown under the figure, and
+# said in the README.
+CAPTION = (
+    "Why the dotted run ends above its optimum: the dashed line maximises reward - beta * KL; "
+    "it is not a ceiling on reward or KL. Without a baseline the +1 offset is multiplied into "
+    "every sampled gradient; its mean is zero, but at lr 1 it adds noise to each step (the "
+    "offset is four times the rewards' std of 0.25). The weights then wander around "
+    "w*(0.2), and KL, which grows in every direction away from the reference, ends higher "
+    "(here the reward too), while the objective reward - 0.2 KL stays below the optimum's. "
+    "The group mean baseline removes the offset exactly: its run is the beta 0.2 run of "
+    "the top row."
+)
+_LINE_STYLES = {"mean": "-", "none": ":"}
+
+
 def plot(records: Sequence[StepRecord], path: Path) -> None:
-    """Reward and KL per beta with the optima dashed (top); the +1 offset runs (bottom)."""
+    """Write the figure of `records` to `path` (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig = figure(records)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def figure(records: Sequence[StepRecord]) -> Any:
+    """Reward and KL per beta against their optima (top); the +1 offset runs (bottom).
+
+    One colour per beta in both rows; solid lines: measured, with the group mean baseline;
+    dotted: no baseline; dashed: the analytic optimum of that beta, drawn once per panel
+    and labelled with its value.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Rectangle
+
     runs = _by_run(records)
-    betas = [c for c in runs if c.offset == 0]
-    offsets = [c for c in runs if c.offset != 0]
-    rows = 2 if offsets else 1
-    fig, axes = plt.subplots(rows, 2, figsize=(11, 4.2 * rows), squeeze=False)
+    colours = {beta: f"C{i}" for i, beta in enumerate(sorted({c.beta for c in runs}))}
+    rows_of_runs = [
+        row
+        for row in ([c for c in runs if c.offset == 0], [c for c in runs if c.offset != 0])
+        if row
+    ]
+    rows = len(rows_of_runs)
+    fig, axes = plt.subplots(rows, 2, figsize=(11, 3.9 * rows + 1.4), squeeze=False)
     seeds = len({r.seed for r in records})
-    for row, configs in enumerate([betas, offsets][:rows]):
-        for i, config in enumerate(configs):
-            color = f"C{i}"
-            curves = runs[config]
+    for row, configs in enumerate(rows_of_runs):
+        optima: dict[str, dict[float, float]] = {"reward": {}, "kl": {}}
+        for config in configs:
+            colour, curves = colours[config.beta], runs[config]
             steps = np.arange(len(curves["reward"]))
             for ax, name in zip(axes[row], ("reward", "kl"), strict=True):
-                ax.plot(steps, curves[name], color=color, label=config.label)
+                ax.plot(
+                    steps,
+                    curves[name],
+                    color=colour,
+                    linestyle=_LINE_STYLES.get(config.baseline, "-."),
+                    label=config.label,
+                )
                 ax.fill_between(
-                    steps, curves[name + "_lo"], curves[name + "_hi"], color=color, alpha=0.15
+                    steps, curves[name + "_lo"], curves[name + "_hi"], color=colour, alpha=0.15
                 )
                 best = curves["optimal_" + name][-1]
                 if math.isfinite(best):
-                    ax.axhline(best, color=color, linestyle="--", linewidth=1)
+                    optima[name][config.beta] = best
+        for ax, name in zip(axes[row], ("reward", "kl"), strict=True):
+            _draw_optima(ax, optima[name], colours)
     titles = (
         ("Expected reward (exact)", "KL(pi || pi_ref) (exact)"),
         ("Reward +1 offset: expected reward", "Reward +1 offset: KL(pi || pi_ref)"),
     )
     for row in range(rows):
         for ax, title in zip(axes[row], titles[row], strict=True):
-            ax.set_title(title)
+            ax.set_title(title, fontsize=10)
             ax.set_xlabel("update step")
             ax.grid(alpha=0.3)
-        axes[row][0].legend(fontsize=8, loc="lower right")
-    fig.suptitle(
-        f"RLHF through the service on a contextual bandit (mean of {seeds} seed"
-        f"{'s' if seeds > 1 else ''}, band: min to max; dashed: analytic optimum "
-        "w* = w0 + theta / beta; beta 0: best achievable reward)",
-        fontsize=9,
+        axes[row][0].set_ylabel("expected reward E[r] (reward units)")
+        axes[row][1].set_ylabel("KL(pi || pi_ref) (nats)")
+        axes[row][0].legend(
+            fontsize=8, loc="lower right", title="run (colour: beta)", title_fontsize=8
+        )
+    key = [
+        Line2D([], [], color="0.3", linestyle="-", label="measured, group mean baseline"),
+        Line2D([], [], color="0.3", linestyle=":", label="measured, no baseline"),
+        Line2D(
+            [],
+            [],
+            color="0.3",
+            linestyle="--",
+            linewidth=1,
+            label="analytic optimum w* = w0 + theta / beta (beta 0: best achievable reward)",
+        ),
+        Rectangle(
+            (0, 0),
+            1,
+            1,
+            color="0.3",
+            alpha=0.15,
+            label=f"band: min to max over {seeds} seed{'s' if seeds > 1 else ''} (lines: mean)",
+        ),
+    ]
+    fig.suptitle("RLHF through the service on a contextual bandit", fontsize=11, y=0.99)
+    fig.legend(
+        handles=key,
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.965),
+        ncol=2,
+        fontsize=8,
+        frameon=False,
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    if rows > 1:
+        fig.text(0.5, 0.008, textwrap.fill(CAPTION, 160), ha="center", va="bottom", fontsize=8)
+    fig.tight_layout(rect=(0, 0.075 if rows > 1 else 0.0, 1, 0.915))
+    return fig
+
+
+def _draw_optima(ax: Any, optima: dict[float, float], colours: dict[float, str]) -> None:
+    """One dashed line per beta's optimum, each labelled at the right edge with its value."""
+    for beta, value in optima.items():
+        ax.axhline(value, color=colours[beta], linestyle="--", linewidth=1)
+        ax.annotate(
+            f"{value:.3f}",
+            xy=(1, value),
+            xycoords=("axes fraction", "data"),
+            xytext=(3, 0),
+            textcoords="offset points",
+            va="center",
+            fontsize=7,
+            color=colours[beta],
+        )
 
 
 def _by_run(records: Sequence[StepRecord]) -> dict[RunConfig, dict[str, np.ndarray]]:
