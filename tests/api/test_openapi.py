@@ -44,7 +44,7 @@ def test_responses_are_documented(client: TestClient) -> None:
     responses = _update_operation(client)["responses"]
     ok_schema = responses["200"]["content"]["application/json"]["schema"]
     assert ok_schema == {"$ref": "#/components/schemas/UpdateResponse"}
-    for status in ("400", "413", "415", "422"):
+    for status in ("400", "408", "413", "415", "422", "503"):
         problem = responses[status]["content"]["application/problem+json"]["schema"]
         assert problem == {"$ref": "#/components/schemas/Problem"}
     stats = document["components"]["schemas"]["UpdateStatsModel"]["properties"]
