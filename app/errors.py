@@ -11,6 +11,7 @@ probes, the update observer and the metrics read their attributes::
     ├── MalformedSafetensorsError   400 malformed-safetensors   invalid
     ├── ClientDisconnectedError     400 client-disconnected     (the client left)
     ├── UnauthorizedError           401 unauthorized            unauthorized
+    ├── BodyTimeoutError            408 body-timeout            timeout
     ├── BodyTooLargeError           413 body-too-large          too_large
     ├── TooManyElementsError        413 too-many-elements       too_large
     ├── UnsupportedMediaTypeError   415 unsupported-media-type  invalid
@@ -18,6 +19,7 @@ probes, the update observer and the metrics read their attributes::
     ├── UpdateOverflowProblem       422 update-overflow         invalid
     ├── InternalError               500 internal-error
     ├── SaturatedError              503 saturated               saturated
+    │   └── UploadBudgetError       503 saturated               saturated
     ├── NotReadyError               503 not-ready
     └── HttpStatusError             any other status of the framework (about:blank)
 """
@@ -34,6 +36,7 @@ __all__ = [
     "PROBLEM_TYPES",
     "PROBLEM_TYPE_PREFIX",
     "REJECTION_REASONS",
+    "BodyTimeoutError",
     "BodyTooLargeError",
     "ClientDisconnectedError",
     "HttpStatusError",
@@ -48,6 +51,7 @@ __all__ = [
     "UnauthorizedError",
     "UnsupportedMediaTypeError",
     "UpdateOverflowProblem",
+    "UploadBudgetError",
     "summary",
 ]
 
@@ -120,6 +124,17 @@ class UnauthorizedError(ProblemError):
     headers = MappingProxyType({"WWW-Authenticate": "Bearer"})
 
 
+class BodyTimeoutError(ProblemError):
+    """No byte of the body arrived for RLHF_BODY_TIMEOUT_SECONDS; the connection is closed."""
+
+    status = 408
+    slug = "body-timeout"
+    title = "Request body timeout"
+    reason = "timeout"
+    # The rest of the body may still come; closing ends it instead of reading it.
+    headers = MappingProxyType({"Connection": "close"})
+
+
 class BodyTooLargeError(ProblemError):
     """The body is larger than RLHF_MAX_BODY_SIZE."""
 
@@ -190,6 +205,16 @@ class SaturatedError(ProblemError):
     headers = MappingProxyType({"Retry-After": "1"})
 
 
+class UploadBudgetError(SaturatedError):
+    """The bodies the worker holds would pass its memory budget: refused, not buffered.
+
+    The same problem type as `SaturatedError`; the connection is closed, as the rest of
+    the body has not been read.
+    """
+
+    headers = MappingProxyType({**SaturatedError.headers, "Connection": "close"})
+
+
 class NotReadyError(ProblemError):
     """The service is starting or shutting down (GET /readyz)."""
 
@@ -222,6 +247,7 @@ PROBLEM_TYPES: tuple[type[ProblemError], ...] = (
     MalformedSafetensorsError,
     ClientDisconnectedError,
     UnauthorizedError,
+    BodyTimeoutError,
     BodyTooLargeError,
     TooManyElementsError,
     UnsupportedMediaTypeError,

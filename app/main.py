@@ -15,6 +15,7 @@ from starlette.types import ASGIApp
 
 from . import __version__
 from .api.auth import bearer_token_check
+from .api.body import UPLOAD_BUDGET_BODIES, UploadBudget
 from .api.body_limit import ProblemBodyLimit
 from .api.docs import install_offline_docs
 from .api.gate import ConcurrencyGate
@@ -53,13 +54,7 @@ class _Service(FastAPI):
                     content = response.get("content", {})
                     if PROBLEM_MEDIA_TYPE in content and "application/json" in content:
                         content[PROBLEM_MEDIA_TYPE] = content.pop("application/json")
-        limits = self.state.settings
-        document_examples(
-            schema["paths"]["/update"]["post"],
-            limits.max_body_size,
-            limits.max_elements,
-            limits.max_in_flight,
-        )
+        document_examples(schema["paths"]["/update"]["post"], self.state.settings)
         return schema
 
 
@@ -85,10 +80,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.lifecycle = Lifecycle()
     app.state.metrics = metrics = UpdateMetrics()
-    app.state.gate = ConcurrencyGate(settings.max_in_flight, on_change=metrics.in_flight.set)
+    app.state.gate = ConcurrencyGate(
+        settings.max_in_flight,
+        max_queue=settings.max_queue,
+        queue_timeout=settings.queue_timeout_seconds,
+        on_change=metrics.in_flight.set,
+        on_queue_change=metrics.queued.set,
+    )
+    app.state.uploads = UploadBudget(UPLOAD_BUDGET_BODIES * settings.max_body_size)
     install_error_handlers(app)
     # /update first: routes are matched in order, and it is the one that carries the load.
-    # The token, when there is one, is checked before a slot of the gate is taken.
+    # The token, when there is one, is checked before the body is read or a slot taken.
     update_guards: list[DependsParam] = []
     token = settings.bearer_token()
     if token is not None:
@@ -99,7 +101,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         responses={
             **({401: problem_doc("The bearer token is missing or wrong.")} if token else {}),
             503: problem_doc(
-                "RLHF_MAX_IN_FLIGHT updates are running; retry after Retry-After seconds."
+                "RLHF_MAX_IN_FLIGHT updates are running and RLHF_MAX_QUEUE wait (or one "
+                "waited RLHF_QUEUE_TIMEOUT_SECONDS), or the bodies being held would pass the "
+                "upload budget; retry after Retry-After seconds."
             ),
         },
     )

@@ -73,7 +73,25 @@ class Settings(BaseSettings):
         default_factory=_cpu_count,
         ge=1,
         validation_alias=_env("RLHF_MAX_IN_FLIGHT"),
-        description="Updates served at once per worker; past it /update answers 503.",
+        description="Updates computed at once per worker; past it they queue, then get 503.",
+    )
+    max_queue: int = Field(
+        default=16,
+        ge=0,
+        validation_alias=_env("RLHF_MAX_QUEUE"),
+        description="Updates per worker that may wait for a compute slot; past it 503 at once.",
+    )
+    queue_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        validation_alias=_env("RLHF_QUEUE_TIMEOUT_SECONDS"),
+        description="Longest wait for a compute slot; an update still waiting then gets 503.",
+    )
+    body_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        validation_alias=_env("RLHF_BODY_TIMEOUT_SECONDS"),
+        description="A body with no new byte for this long gets 408 and its connection closed.",
     )
     shutdown_drain_seconds: float = Field(
         default=5.0,

@@ -8,7 +8,11 @@ from pathlib import Path
 
 import orjson
 from fastapi.testclient import TestClient
+from pydantic import AliasChoices
 
+from app.api.body import UPLOAD_BUDGET_BODIES
+from app.ops.metrics import UpdateMetrics
+from app.settings import Settings
 from app.wire.schemas import UpdateOptionsModel, UpdateStatsModel
 from tests.helpers.readme import KINDS, fenced_blocks, runnable_blocks
 
@@ -60,3 +64,34 @@ def test_every_fenced_block_says_what_it_is() -> None:
     for before, block in itertools.pairwise(blocks):
         if block.kind == "output":
             assert before.kind == "run", f"{block.name} follows {before.name}, which is not run"
+
+
+def _first_column(heading_text: str) -> set[str]:
+    """Every backticked name in the first column of the table after `heading_text`."""
+    section = README.split(heading_text, 1)[1].split("\n#", 1)[0]
+    return {
+        name
+        for row in re.findall(r"^\| (.+?) \|", section, re.M)
+        for name in re.findall(r"`([A-Za-z_0-9]+)`", row)
+    }
+
+
+def test_every_setting_has_a_row_in_the_settings_table() -> None:
+    variables = {
+        str(field.validation_alias.choices[0])
+        for field in Settings.model_fields.values()
+        if isinstance(field.validation_alias, AliasChoices)
+    }
+    assert len(variables) == len(Settings.model_fields)
+    assert variables <= _first_column("### Settings")
+
+
+def test_every_metric_has_a_row_in_the_metrics_table() -> None:
+    documented = _first_column("### Metrics")
+    for family in UpdateMetrics().registry.collect():
+        suffix = "_total" if family.type == "counter" else ""
+        assert family.name + suffix in documented
+
+
+def test_the_upload_budget_is_stated_as_it_is_computed() -> None:
+    assert f"{UPLOAD_BUDGET_BODIES} x `RLHF_MAX_BODY_SIZE`" in README

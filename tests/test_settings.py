@@ -27,6 +27,8 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.max_elements == 2**27
     assert settings.max_in_flight == len(os.sched_getaffinity(0))
     assert settings.shutdown_drain_seconds == 5.0
+    assert (settings.max_queue, settings.queue_timeout_seconds) == (16, 5.0)
+    assert settings.body_timeout_seconds == 30.0
     assert settings.bearer_token() is None
     assert settings.log_level == "info"
 
@@ -41,12 +43,17 @@ def test_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RLHF_MAX_IN_FLIGHT", "5")
     monkeypatch.setenv("RLHF_SHUTDOWN_DRAIN_SECONDS", "0.5")
     monkeypatch.setenv("RLHF_API_TOKEN", "tok")
+    monkeypatch.setenv("RLHF_MAX_QUEUE", "0")
+    monkeypatch.setenv("RLHF_QUEUE_TIMEOUT_SECONDS", "0.25")
+    monkeypatch.setenv("RLHF_BODY_TIMEOUT_SECONDS", "12.5")
     settings = Settings()
     assert (settings.host, settings.port, settings.max_body_size) == ("0.0.0.0", 9123, 2048)
     assert settings.log_level == "debug"
     assert (settings.web_concurrency, settings.max_elements, settings.max_in_flight) == (3, 1000, 5)
     assert settings.shutdown_drain_seconds == 0.5
     assert settings.bearer_token() == "tok"
+    assert (settings.max_queue, settings.queue_timeout_seconds) == (0, 0.25)
+    assert settings.body_timeout_seconds == 12.5
 
 
 @pytest.mark.parametrize(
@@ -61,6 +68,10 @@ def test_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
         ("RLHF_MAX_ELEMENTS", "0"),
         ("RLHF_MAX_IN_FLIGHT", "0"),
         ("RLHF_SHUTDOWN_DRAIN_SECONDS", "-1"),
+        ("RLHF_MAX_QUEUE", "-1"),
+        ("RLHF_QUEUE_TIMEOUT_SECONDS", "0"),
+        ("RLHF_BODY_TIMEOUT_SECONDS", "0"),
+        ("RLHF_BODY_TIMEOUT_SECONDS", "soon"),
     ],
 )
 def test_bad_environment_is_refused(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:

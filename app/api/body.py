@@ -1,14 +1,59 @@
-"""Read a request body once, into one buffer."""
+"""Read a request body once, into one buffer, within a time limit and a memory budget."""
 
 from __future__ import annotations
 
+import asyncio
+
 from starlette.requests import Request
 
-__all__ = ["read_body"]
+from ..errors import BodyTimeoutError, UploadBudgetError
+
+__all__ = ["UPLOAD_BUDGET_BODIES", "UploadBudget", "body_timeout", "read_body"]
+
+# The budget of a worker's bodies, in bodies of the largest size (RLHF_MAX_BODY_SIZE): room
+# for a few of them at once, whoever sends them, and a bound on what they cost together.
+UPLOAD_BUDGET_BODIES = 4
 
 
-async def read_body(request: Request) -> bytearray:
+class UploadBudget:
+    """The bytes of request bodies a worker holds, from their first byte to their answer.
+
+    Counted as the bytes arrive, not from what a Content-Length declares, and capped at
+    `limit`: a chunk that would pass the cap is refused rather than buffered.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, size: int) -> None:
+        """Count `size` more bytes held.
+
+        Raises
+        ------
+        UploadBudgetError
+            When they would bring the total past `limit`; nothing is counted then.
+        """
+        if self.held + size > self.limit:
+            msg = (
+                f"the request bodies this worker holds would pass its budget of {self.limit} "
+                f"bytes ({UPLOAD_BUDGET_BODIES} x RLHF_MAX_BODY_SIZE); "
+                "retry after the delay in Retry-After"
+            )
+            raise UploadBudgetError(msg)
+        self.held += size
+
+    def give_back(self, size: int) -> None:
+        """Count `size` bytes no longer held."""
+        self.held -= size
+
+
+async def read_body(request: Request, budget: UploadBudget, idle_timeout: float) -> bytearray:
     """Return the whole body in one `bytearray`, each chunk appended in place.
+
+    Each chunk is counted in `budget` before it is kept; the caller gives `len(body)` back
+    once the request is answered (on an error here, this function gives back what it took).
+    A body that brings no new byte for `idle_timeout` seconds ends with `BodyTimeoutError`.
 
     Starlette's `Request.body()` keeps every chunk and joins them at the end, which holds
     the body twice at its peak. Here each chunk is appended to one buffer as it arrives.
@@ -17,8 +62,73 @@ async def read_body(request: Request) -> bytearray:
     preallocated from the Content-Length would be no smaller, and slower: `bytearray(n)`
     writes n zeros first, a pass over the memory that costs as much as the copy itself.
     The body limit applies to `request.stream()` as it does to `body()`.
+
+    Raises
+    ------
+    BodyTimeoutError
+        When no byte arrived for `idle_timeout` seconds.
+    UploadBudgetError
+        When the next chunk would pass the budget.
     """
     buffer = bytearray()
-    async for chunk in request.stream():
-        buffer += chunk
+    watch = _IdleWatch(idle_timeout)
+    try:
+        async for chunk in request.stream():
+            budget.take(len(chunk))
+            buffer += chunk
+            watch.progressed()
+    except asyncio.CancelledError:
+        budget.give_back(len(buffer))
+        if not watch.expired:
+            raise
+        watch.task.uncancel()
+        raise body_timeout(idle_timeout, len(buffer)) from None
+    except BaseException:
+        budget.give_back(len(buffer))
+        raise
+    finally:
+        watch.stop()
     return buffer
+
+
+class _IdleWatch:
+    """Cancel the current task once `timeout` seconds pass without `progressed()`.
+
+    One timer per body, moved on only when it fires early: a chunk costs a clock read,
+    not a new timer (which `asyncio.timeout` would reschedule for every chunk).
+    """
+
+    __slots__ = ("_handle", "_last", "_loop", "_timeout", "expired", "task")
+
+    def __init__(self, timeout: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None  # read_body is awaited in the request's task
+        self.task = task
+        self.expired = False
+        self._timeout = timeout
+        self._last = self._loop.time()
+        self._handle = self._loop.call_at(self._last + timeout, self._check)
+
+    def progressed(self) -> None:
+        self._last = self._loop.time()
+
+    def stop(self) -> None:
+        self._handle.cancel()
+
+    def _check(self) -> None:
+        deadline = self._last + self._timeout
+        if self._loop.time() < deadline:
+            self._handle = self._loop.call_at(deadline, self._check)
+            return
+        self.expired = True
+        self.task.cancel()
+
+
+def body_timeout(idle_timeout: float, received: int) -> BodyTimeoutError:
+    """The 408 of a body that brought no new byte for `idle_timeout` seconds."""
+    msg = (
+        f"no byte of the request body arrived for {idle_timeout:g} s "
+        f"(RLHF_BODY_TIMEOUT_SECONDS) after {received} bytes; the connection is closed"
+    )
+    return BodyTimeoutError(msg)

@@ -16,10 +16,12 @@ import orjson
 
 from ..core import UpdateError
 from ..errors import BodyTooLargeError, ProblemError
+from ..settings import Settings
 from ..wire import CODECS
 from ..wire.media import wire_format
 from ..wire.schemas import REFERENCE_EXAMPLE
 from .auth import verify_bearer_token
+from .body import body_timeout
 from .gate import ConcurrencyGate
 from .limits import check_element_count
 from .problems import as_problem
@@ -36,20 +38,22 @@ def ok_example() -> dict[str, Any]:
     return answer
 
 
-def problem_examples(
-    max_body_size: int, max_elements: int, max_in_flight: int
-) -> Mapping[int, tuple[ProblemError, ...]]:
-    """One real problem per documented error type of /update, by status, under these limits."""
+def problem_examples(settings: Settings) -> Mapping[int, tuple[ProblemError, ...]]:
+    """One real problem per documented error type of /update, by status, under `settings`."""
+    max_body_size, max_elements = settings.max_body_size, settings.max_elements
     side = math.isqrt(max_elements) + 1  # B = N = side: B*N alone is above the limit
-    gate = ConcurrencyGate(max_in_flight)
-    while gate.try_enter():
-        pass
+    gate = ConcurrencyGate(
+        settings.max_in_flight,
+        max_queue=settings.max_queue,
+        queue_timeout=settings.queue_timeout_seconds,
+    )
     return {
         400: (
             _raised(lambda: _JSON.decode_request(bytearray(b'{"weights": [1.0, 2.0'))),
             _raised(lambda: CODECS["safetensors"].decode_request(bytearray(b"\x10\x00"))),
         ),
         401: (_raised(lambda: verify_bearer_token(None, b"")),),
+        408: (body_timeout(settings.body_timeout_seconds, 12),),
         413: (
             BodyTooLargeError(max_body_size),
             _raised(lambda: check_element_count(side, side, side * side, max_elements)),
@@ -59,7 +63,7 @@ def problem_examples(
             _raised(lambda: _computed(log_prob_grads=[[0.5, -0.5], [0.5]])),
             _raised(lambda: _computed(weights=[1.7e308, 1.0], lr=1e308)),
         ),
-        503: (_raised(gate.__enter__),),
+        503: (gate.full(),),
     }
 
 

@@ -1,12 +1,17 @@
-"""Backpressure: at most RLHF_MAX_IN_FLIGHT updates at once per worker, 503 past that.
+"""Backpressure: RLHF_MAX_IN_FLIGHT compute slots per worker, a short queue, then 503.
 
-No queue: a request over the cap is answered at once with 503 and Retry-After, so a busy
-worker never builds up unbounded work, and the probes, which do not pass the gate, keep
-answering. Everything here runs on the event loop, so a plain counter needs no lock.
+An update takes a slot once its whole body has arrived, so a slow upload never holds one.
+When every slot is taken, at most RLHF_MAX_QUEUE updates wait for one, first come first
+served, each for up to RLHF_QUEUE_TIMEOUT_SECONDS; past the queue the answer is 503 with
+Retry-After at once, so a busy worker never builds up unbounded work. The probes do not
+pass the gate and never wait. Everything here runs on the event loop, so plain counters
+need no lock.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections import deque
 from collections.abc import Callable
 
 from ..errors import SaturatedError
@@ -14,44 +19,111 @@ from ..errors import SaturatedError
 __all__ = ["ConcurrencyGate"]
 
 
-class ConcurrencyGate:
-    """A counter of updates in flight with a hard cap; `on_change` sees every new count."""
+def _ignore(_: int) -> None:
+    pass
 
-    def __init__(self, limit: int, on_change: Callable[[int], None] = lambda _: None) -> None:
+
+class ConcurrencyGate:
+    """Compute slots with a hard cap and a bounded FIFO queue in front of them.
+
+    `on_change` sees every new count of slots taken, `on_queue_change` every new length of
+    the queue.
+    """
+
+    def __init__(
+        self,
+        limit: int,
+        *,
+        max_queue: int,
+        queue_timeout: float,
+        on_change: Callable[[int], None] = _ignore,
+        on_queue_change: Callable[[int], None] = _ignore,
+    ) -> None:
         self.limit = limit
+        self.max_queue = max_queue
+        self.queue_timeout = queue_timeout
         self.in_flight = 0
+        # A freed slot is handed to the first waiter without being released, so while
+        # anyone waits every slot is taken and `try_enter` cannot jump the queue.
+        self._waiters: deque[asyncio.Future[None]] = deque()
         self._on_change = on_change
+        self._on_queue_change = on_queue_change
+
+    @property
+    def waiting(self) -> int:
+        """Updates in the queue now."""
+        return len(self._waiters)
 
     def try_enter(self) -> bool:
-        """Take a slot if one is free."""
+        """Take a slot if one is free, without waiting."""
         if self.in_flight >= self.limit:
             return False
         self.in_flight += 1
         self._on_change(self.in_flight)
         return True
 
-    def leave(self) -> None:
-        """Give a slot back."""
-        self.in_flight -= 1
-        self._on_change(self.in_flight)
-
-    def __enter__(self) -> None:
-        """Hold a slot for the duration of a `with gate:` block; 503 when none is free.
-
-        Taken in the /update handler itself, after the bearer token (a dependency) has
-        been checked, so that a refused token never holds a slot.
+    async def enter(self) -> None:
+        """Take a slot, waiting in the queue for one when none is free and there is room.
 
         Raises
         ------
         SaturatedError
-            When `limit` updates are in flight already.
+            At once when every slot is taken and the queue is full; after
+            `queue_timeout` seconds when no slot came free for this request by then.
         """
-        if not self.try_enter():
+        if self.try_enter():
+            return
+        if len(self._waiters) >= self.max_queue:
+            raise self.full()
+        handed = asyncio.get_running_loop().create_future()
+        self._waiters.append(handed)
+        self._on_queue_change(len(self._waiters))
+        try:
+            # `wait` neither cancels `handed` nor raises at the timeout: whether the slot
+            # came is read from `handed` itself, with no await in between.
+            await asyncio.wait((handed,), timeout=self.queue_timeout)
+        except BaseException:
+            self._give_up(handed)
+            raise
+        if not handed.done():
+            self._give_up(handed)
             msg = (
-                f"this worker is already serving {self.limit} updates (RLHF_MAX_IN_FLIGHT); "
-                "retry after the delay in Retry-After"
+                f"no compute slot came free within {self.queue_timeout:g} s "
+                "(RLHF_QUEUE_TIMEOUT_SECONDS); retry after the delay in Retry-After"
             )
             raise SaturatedError(msg)
 
-    def __exit__(self, *exc_info: object) -> None:
+    def full(self) -> SaturatedError:
+        """The 503 of a request that finds every slot taken and the queue full."""
+        msg = (
+            f"this worker is already serving {self.limit} updates (RLHF_MAX_IN_FLIGHT) "
+            f"with {self.max_queue} more waiting (RLHF_MAX_QUEUE); "
+            "retry after the delay in Retry-After"
+        )
+        return SaturatedError(msg)
+
+    def leave(self) -> None:
+        """Give a slot back: to the first waiter in the queue, or free."""
+        if self._waiters:
+            # Every future in the queue is pending: a waiter that gives up leaves it at once.
+            self._waiters.popleft().set_result(None)
+            self._on_queue_change(len(self._waiters))
+            return
+        self.in_flight -= 1
+        self._on_change(self.in_flight)
+
+    def _give_up(self, handed: asyncio.Future[None]) -> None:
+        """Leave the queue; a slot handed over meanwhile goes on to the next in line."""
+        if handed.done():
+            self.leave()
+            return
+        handed.cancel()
+        self._waiters.remove(handed)
+        self._on_queue_change(len(self._waiters))
+
+    async def __aenter__(self) -> None:
+        """Hold a slot for the duration of an `async with gate:` block; see `enter`."""
+        await self.enter()
+
+    async def __aexit__(self, *exc_info: object) -> None:
         self.leave()

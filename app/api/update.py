@@ -13,6 +13,7 @@ from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
 from ..ops.context import RequestContext, current_context, scope_header
+from ..settings import Settings
 from ..wire import CODECS
 from ..wire.media import (
     JSON_MEDIA_TYPE,
@@ -24,7 +25,7 @@ from ..wire.media import (
 from ..wire.payload import UpdatePayload
 from ..wire.safetensors_codec import describe_layout
 from ..wire.schemas import REFERENCE_EXAMPLE, UpdateRequest, UpdateResponse
-from .body import read_body
+from .body import UploadBudget, read_body
 from .examples import ok_example, problem_examples
 from .gate import ConcurrencyGate
 from .limits import check_element_count
@@ -64,9 +65,7 @@ def _binary_schema(role: str, when: str) -> dict[str, Any]:
     }
 
 
-def document_examples(
-    operation: dict[str, Any], max_body_size: int, max_elements: int, max_in_flight: int
-) -> None:
+def document_examples(operation: dict[str, Any], settings: Settings) -> None:
     """Fill /update's OpenAPI `operation` with real answers, computed now by the service.
 
     The 200 example is the answer to the request's example; each error response shows
@@ -75,7 +74,7 @@ def document_examples(
     """
     responses = operation["responses"]
     responses["200"]["content"][JSON_MEDIA_TYPE]["example"] = ok_example()
-    examples = problem_examples(max_body_size, max_elements, max_in_flight)
+    examples = problem_examples(settings)
     for status, doc in responses.items():
         media = doc.get("content", {}).get(PROBLEM_MEDIA_TYPE)
         if media is not None and status.isdigit() and int(status) in examples:
@@ -144,6 +143,10 @@ def install_update_route(
         response_model=UpdateResponse,
         responses={
             400: problem_doc("The body is empty, or not well-formed JSON or safetensors."),
+            408: problem_doc(
+                "No byte of the body arrived for RLHF_BODY_TIMEOUT_SECONDS; the connection "
+                "is closed."
+            ),
             413: problem_doc(
                 "The body is larger than RLHF_MAX_BODY_SIZE, or B*N + B + N is above "
                 "RLHF_MAX_ELEMENTS."
@@ -158,15 +161,23 @@ def install_update_route(
 
 async def update(request: Request) -> Response:
     """Return `weights + lr * grad` with grad the KL-penalised policy gradient, and stats."""
-    # The token, when one is set, was checked (a dependency) before a slot is taken here.
-    gate: ConcurrencyGate = request.app.state.gate
-    with gate:
-        return await _update(request)
-
-
-async def _update(request: Request) -> Response:
+    # The token, when one is set, was checked (a dependency) before the body is read.
+    # Upload and compute are separate resources: the body is received within the upload
+    # budget and its own timeout, and only a body that has arrived whole waits for a
+    # compute slot, so a slow sender holds some bytes of the budget and no slot.
+    state = request.app.state
+    uploads: UploadBudget = state.uploads
+    gate: ConcurrencyGate = state.gate
     # Reading the body first lets the body limit answer 413 before anything else.
-    body = await read_body(request)
+    body = await read_body(request, uploads, state.settings.body_timeout_seconds)
+    try:
+        async with gate:
+            return await _update(request, body)
+    finally:
+        uploads.give_back(len(body))
+
+
+async def _update(request: Request, body: bytearray) -> Response:
     request_format = wire_format(scope_header(request.scope, b"content-type"))
     answer_format = response_format(scope_header(request.scope, b"accept"))
     max_elements: int = request.app.state.settings.max_elements

@@ -82,7 +82,14 @@ class UpdateMetrics:
         )
         self.in_flight = Gauge(
             "rlhf_update_in_flight",
-            "Updates being served now (summed over live workers).",
+            "Updates holding a compute slot now (summed over live workers).",
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+        self.queued = Gauge(
+            "rlhf_update_queued",
+            "Updates whose body has arrived, waiting for a compute slot (summed over live "
+            "workers).",
             multiprocess_mode="livesum",
             registry=registry,
         )

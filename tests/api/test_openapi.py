@@ -51,7 +51,7 @@ def test_responses_are_documented(client: TestClient) -> None:
     responses = _update_operation(client)["responses"]
     ok_schema = responses["200"]["content"]["application/json"]["schema"]
     assert ok_schema == {"$ref": "#/components/schemas/UpdateResponse"}
-    for status in ("400", "413", "415", "422"):
+    for status in ("400", "408", "413", "415", "422", "503"):
         problem = responses[status]["content"]["application/problem+json"]["schema"]
         assert problem == {"$ref": "#/components/schemas/Problem"}
     stats = document["components"]["schemas"]["UpdateStatsModel"]["properties"]
@@ -123,7 +123,7 @@ def test_every_documented_error_has_an_example_of_each_of_its_problem_types(
     guarded: TestClient,
 ) -> None:
     examples = _error_examples(guarded)
-    assert set(examples) == {"400", "401", "413", "415", "422", "503"}
+    assert set(examples) == {"400", "401", "408", "413", "415", "422", "503"}
     # Every problem type of /update's statuses is shown; the disconnect nobody reads is not.
     expected_types = {
         status: {

@@ -26,12 +26,20 @@ def raw_post(
     headers: Sequence[tuple[bytes, bytes]],
     messages: Sequence[dict[str, Any]],
     path: str = "/update",
+    *,
+    then_stall: bool = False,
 ) -> RawExchange:
-    """POST `path`, answering the app's receive() calls with `messages`, one each, in order."""
+    """POST `path`, answering the app's receive() calls with `messages`, one each, in order.
+
+    With `then_stall`, a receive() past the last message never returns, as for a client
+    that stopped sending and stays connected.
+    """
     exchange = RawExchange()
 
     async def receive() -> dict[str, Any]:
         exchange.received += 1
+        if then_stall and exchange.received > len(messages):
+            await asyncio.Event().wait()
         return messages[exchange.received - 1]
 
     async def send(message: dict[str, Any]) -> None:

@@ -26,6 +26,7 @@ NAMES = {
     "rlhf_update_params": "histogram",
     "rlhf_update_batch_size": "histogram",
     "rlhf_update_in_flight": "gauge",
+    "rlhf_update_queued": "gauge",
     "rlhf_update_rejected": "counter",
     "rlhf_update_kl_mean": "histogram",
 }
@@ -101,7 +102,7 @@ def test_rejections_are_counted_by_reason(example: dict[str, Any]) -> None:
     assert sample(text, "rlhf_update_requests_total", status="415", format="other") == 1
 
 
-REASONS = ("invalid", "saturated", "too_large", "unauthorized")
+REASONS = ("invalid", "saturated", "timeout", "too_large", "unauthorized")
 JSON = {"content-type": "application/json"}
 # One request to a fresh app: its status and its problem type (None for a success).
 Send = Callable[[TestClient, dict[str, Any], pytest.MonkeyPatch], tuple[int, str | None]]
@@ -157,8 +158,21 @@ def _failing(client: TestClient, example: dict[str, Any], monkeypatch: pytest.Mo
 
 
 def _while_full(client: TestClient, example: dict[str, Any], _: pytest.MonkeyPatch) -> Any:
-    with client.app.state.gate:  # type: ignore[attr-defined]  # RLHF_MAX_IN_FLIGHT = 1, held
+    gate = client.app.state.gate  # type: ignore[attr-defined]
+    assert gate.try_enter()  # RLHF_MAX_IN_FLIGHT = 1, held; no queue
+    try:
         return _answer(client.post("/update", json=example))
+    finally:
+        gate.leave()
+
+
+def _stalled(client: TestClient, example: dict[str, Any], _: pytest.MonkeyPatch) -> Any:
+    # A first chunk, then nothing: the next receive() never returns.
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"100")]
+    first = {"type": "http.request", "body": b'{"weights": [1.0,', "more_body": True}
+    exchange = raw_post(client.app, headers, [first], then_stall=True)
+    body = orjson.loads(b"".join(m.get("body", b"") for m in exchange.sent[1:]))
+    return exchange.status, body["type"]
 
 
 @pytest.mark.parametrize(
@@ -193,7 +207,20 @@ def _while_full(client: TestClient, example: dict[str, Any], _: pytest.MonkeyPat
         pytest.param({}, _overflowing, 422, "update-overflow", "invalid", id="update-overflow"),
         pytest.param({}, _failing, 500, "internal-error", None, id="internal-error"),
         pytest.param(
-            {"max_in_flight": 1}, _while_full, 503, "saturated", "saturated", id="saturated"
+            {"body_timeout_seconds": 0.05},
+            _stalled,
+            408,
+            "body-timeout",
+            "timeout",
+            id="body-timeout",
+        ),
+        pytest.param(
+            {"max_in_flight": 1, "max_queue": 0},
+            _while_full,
+            503,
+            "saturated",
+            "saturated",
+            id="saturated",
         ),
     ],
 )
