@@ -94,6 +94,11 @@ def test_reward_clip_takes_low_and_high() -> None:
     assert result.stats.reward_mean == 0.5
     symmetric = compute_update(**args, beta=0, lr=4.0, options=UpdateOptions(reward_clip=2.0))
     assert symmetric.weights.tolist() == [-2.0, -0.5, 1.5, 2.0]
+    # Bounds whose difference overflows are bounds all the same.
+    wide = compute_update(
+        **args, beta=0, lr=4.0, options=UpdateOptions(reward_clip=(-1e308, 1e308))
+    )
+    assert wide.weights.tolist() == rewards
 
 
 @pytest.mark.parametrize("pair", [(2.0, 1.0), (1.0, 1.0), (0.0, math.inf), (math.nan, 1.0)])
