@@ -54,7 +54,9 @@ _UPDATE_OPENAPI: dict[str, Any] = {
                     "format": "binary",
                     "description": "A safetensors file with tensors weights, rewards, "
                     "policy_log_probs, ref_log_probs, log_prob_grads (F32 or F64) and "
-                    "scalar tensors beta and lr.",
+                    "scalar tensors beta and lr; optionally the (B,) tensors group_ids, "
+                    "sequence_lengths (integers), old_log_probs, behavior_log_probs (F32 "
+                    "or F64), and every other option as a string in __metadata__.",
                 }
             },
         },

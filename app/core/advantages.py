@@ -87,8 +87,10 @@ def _k3(bounded: FloatArray) -> FloatArray:
     if small.any():
         x = -bounded[small]
         series = np.full_like(x, _K3_SERIES[0])
+        # In place: a new array per step would cost more than the series' arithmetic.
         for coefficient in _K3_SERIES[1:]:
-            series = series * x + coefficient
+            series *= x
+            series += coefficient
         k3[small] = (x * x) * series
     return k3
 

@@ -283,10 +283,12 @@ class UpdateStatsModel(BaseModel):
         description="Batch means of k1, k2 and k3, whatever estimator the update used."
     )
     ratio_mean: float | None = Field(
-        default=None, description="Mean of the importance ratios rho; with a policy_loss but pg."
+        default=None,
+        description="Mean of the importance ratios rho; this and the statistics down to "
+        "approx_kl_old only with a policy_loss other than pg.",
     )
-    ratio_min: float | None = Field(default=None, description="Smallest rho.")
-    ratio_max: float | None = Field(default=None, description="Largest rho.")
+    ratio_min: float | None = Field(default=None, description="Smallest rho (not with pg).")
+    ratio_max: float | None = Field(default=None, description="Largest rho (not with pg).")
     clip_frac: float | None = Field(
         default=None,
         description="clip_frac_low + clip_frac_high; for cispo the fraction with rho != clip(rho).",
@@ -321,7 +323,9 @@ class UpdateStatsModel(BaseModel):
         description="Mean TIS weight after truncation or masking and normalisation; only "
         "with tis_mode.",
     )
-    tis_weight_min: float | None = Field(default=None, description="Smallest TIS weight.")
+    tis_weight_min: float | None = Field(
+        default=None, description="Smallest TIS weight; only with tis_mode, as the ones below."
+    )
     tis_weight_max: float | None = Field(default=None, description="Largest TIS weight.")
     tis_truncated_frac: float | None = Field(
         default=None, description="Fraction of TIS weights changed by tis_max or tis_min."
