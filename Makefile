@@ -9,7 +9,7 @@ DEV_STAMP := $(VENV)/.dev-installed
 TORCH_STAMP := $(VENV)/.torch-installed
 # torch for the autograd cross-check of the policy losses (tests/core/test_autograd.py),
 # pinned: an unpinned torch would download gigabytes of GPU wheels. Only `make test`
-# installs it (about 45 s the first time); elsewhere those tests are skipped, saying why.
+# installs it (30 to 45 s the first time); elsewhere those tests are skipped, saying why.
 TORCH_REQUIREMENT := torch==2.13.0
 APP_SOURCES := $(shell find app -name '*.py' -o -name 'py.typed')
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
