@@ -316,8 +316,6 @@ def _combination_problems(options: UpdateOptions) -> list[tuple[str, str]]:
 
 def _number(value: object) -> float:
     """`value` as a finite float, NaN when it is not one (so that every comparison fails)."""
-    if isinstance(value, bool | np.bool_ | str):
-        return math.nan
     try:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError, OverflowError):

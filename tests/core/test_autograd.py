@@ -19,7 +19,7 @@ from hypothesis import given, settings
 
 from app.core import UpdateOptions, compute_update
 from tests.helpers.policy_batches import batches_with_options
-from tests.helpers.reference import reference_options_update
+from tests.helpers.reference import OPTION_DEFAULTS, reference_options_update
 
 torch = pytest.importorskip(
     "torch", reason="the autograd cross-check needs torch==2.13.0, which `make test` installs"
@@ -134,28 +134,6 @@ def torch_grad(args: dict[str, Any], options: dict[str, Any]) -> np.ndarray:
     if o["max_grad_norm"] is not None:
         torch.nn.utils.clip_grad_norm_([w], o["max_grad_norm"])
     return np.asarray(w.grad.numpy())
-
-
-OPTION_DEFAULTS: dict[str, Any] = {
-    "policy_loss": "pg",
-    "old_log_probs": None,
-    "clip_eps_low": 0.2,
-    "clip_eps_high": None,
-    "dual_clip_c": None,
-    "log_ratio_clamp": 20.0,
-    "sequence_lengths": None,
-    "loss_agg": None,
-    "loss_agg_constant": None,
-    "kl_loss_coef": 0.0,
-    "kl_loss_type": "k3",
-    "kl_loss_clamp": None,
-    "behavior_log_probs": None,
-    "tis_mode": None,
-    "tis_max": 2.0,
-    "tis_min": None,
-    "tis_batch_normalize": False,
-    "max_grad_norm": None,
-}
 
 
 def assert_close(got: np.ndarray, want: np.ndarray, args: dict[str, Any]) -> None:
