@@ -6,6 +6,11 @@ PORT ?= 8000
 # Each stamp records an install; it is redone when what it installs from changes.
 SERVE_STAMP := $(VENV)/.serve-installed
 DEV_STAMP := $(VENV)/.dev-installed
+TORCH_STAMP := $(VENV)/.torch-installed
+# torch for the autograd cross-check of the policy losses (tests/core/test_autograd.py),
+# pinned: an unpinned torch would download gigabytes of GPU wheels. Only `make test`
+# installs it (30 to 45 s the first time); elsewhere those tests are skipped, saying why.
+TORCH_REQUIREMENT := torch==2.13.0
 APP_SOURCES := $(shell find app -name '*.py' -o -name 'py.typed')
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
@@ -17,7 +22,7 @@ run: $(SERVE_STAMP)
 	@echo "serving on http://127.0.0.1:$(PORT) (docs at /docs; Ctrl-C stops)"
 	HOST=127.0.0.1 PORT=$(PORT) $(BIN)/python -m app
 
-test: check $(DEV_STAMP) $(SERVE_STAMP)
+test: check $(DEV_STAMP) $(SERVE_STAMP) $(TORCH_STAMP)
 	$(BIN)/python -m pytest
 
 # The inner loop: every test but those marked slow (real servers, subprocesses, fuzzing).
@@ -71,6 +76,11 @@ $(SERVE_STAMP): pyproject.toml $(APP_SOURCES) | $(VENV)/bin/python
 $(DEV_STAMP): pyproject.toml client/pyproject.toml | $(VENV)/bin/python
 	@echo "installing the client and the development tools into $(VENV)"
 	$(PIP) -e './client[binary,cli,demo]' '.[dev]'
+	touch $@
+
+$(TORCH_STAMP): Makefile | $(VENV)/bin/python
+	@echo "installing $(TORCH_REQUIREMENT) into $(VENV) for the autograd tests"
+	$(PIP) '$(TORCH_REQUIREMENT)'
 	touch $@
 
 clean:

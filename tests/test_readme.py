@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from pathlib import Path
 
 import orjson
+import pytest
 from fastapi.testclient import TestClient
 from pydantic import AliasChoices
 
@@ -29,8 +31,9 @@ def table_keys(heading_text: str) -> set[str]:
     }
 
 
-def test_every_option_has_a_row_in_the_options_table() -> None:
-    assert set(UpdateOptionsModel.model_fields) <= table_keys("### Algorithm options")
+def test_every_option_has_a_row_in_the_options_tables() -> None:
+    documented = table_keys("### Algorithm options") | table_keys("#### Policy loss")
+    assert set(UpdateOptionsModel.model_fields) <= documented
 
 
 def test_every_stat_is_documented() -> None:
@@ -95,3 +98,34 @@ def test_every_metric_has_a_row_in_the_metrics_table() -> None:
 
 def test_the_upload_budget_is_stated_as_it_is_computed() -> None:
     assert f"{UPLOAD_BUDGET_BODIES} x `RLHF_MAX_BODY_SIZE`" in README
+
+
+# The README writes negative numbers with the minus sign, U+2212.
+MINUS = "\u2212"
+
+
+def test_worked_ppo_example_is_the_services_answer(client: TestClient) -> None:
+    example = README.split("Worked example, PPO", 1)[1].split("\n#", 1)[0]
+    blocks = re.findall(r"^    (\{.+?\})$", example, re.M | re.S)
+    request, answer = orjson.loads(blocks[0]), orjson.loads(blocks[-1])
+    response = client.post("/update", json=request)
+    assert response.status_code == 200
+    assert orjson.loads(response.content) == answer
+    # The table's ratios, masks and coefficients, to the digits shown.
+    rows = re.findall(r"^\| (\d) \| (.+?) \| (.+?) \| (.+?) \| .+? \| (.+?) \|$", example, re.M)
+    assert len(rows) == 4
+    for i, advantage, log_ratio, ratio, coefficient in rows:
+        k = int(i) - 1
+        rho = math.exp(request["policy_log_probs"][k] - request["old_log_probs"][k])
+        assert float(log_ratio.replace(MINUS, "-")) == pytest.approx(
+            request["policy_log_probs"][k] - request["old_log_probs"][k]
+        )
+        assert float(ratio) == round(rho, 4)
+        a = float(advantage.replace(MINUS, "-"))
+        assert a == request["rewards"][k]
+        active = (a > 0 and rho <= 1.2) or (a < 0 and rho >= 0.8)
+        assert float(coefficient.replace(MINUS, "-")) == (round(a * rho, 4) if active else 0.0)
+    shown = re.search(r"grad = \[.+\] = \[(.+?), (.+?)\]", example)
+    assert shown is not None
+    grad = [float(x.replace(MINUS, "-")) for x in shown.groups()]
+    assert grad == [round(w, 4) for w in answer["weights"]]

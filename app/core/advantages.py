@@ -29,8 +29,13 @@ __all__ = [
 KL3_LOG_RATIO_BOUND = 20.0
 # TRL's GRPOTrainer: advantages / (std + 1e-4), std the sample std of the group.
 GRPO_EPS = 1e-4
-# TRL's `whiten`: (A - mean) / sqrt(var + 1e-8), var the sample variance of the batch.
+# verl's `masked_whiten`: (A - mean) / sqrt(var + 1e-8), var the sample variance.
 WHITEN_EPS = 1e-8
+# On |d| <= 1, exp(-d) - 1 + d cancels to d**2 / 2 and loses about log2(1 / |d|) bits;
+# there k3 is its Taylor series d**2 * sum_{n >= 2} (-d)**(n - 2) / n!, whose terms past
+# n = 19 are below 1e-18 of the sum. Coefficients highest first, for Horner's rule.
+_K3_SERIES_BOUND = 1.0
+_K3_SERIES = tuple(1 / math.factorial(n) for n in range(19, 1, -1))
 
 
 def kl_estimate(log_ratio: FloatArray, estimator: KlEstimatorName) -> FloatArray:
@@ -50,30 +55,52 @@ def kl_estimate(log_ratio: FloatArray, estimator: KlEstimatorName) -> FloatArray
 
     Notes
     -----
-    k3 is computed as ``expm1(-d) + d`` on d clipped to [-20, 20], so ``exp`` cannot
-    overflow and small d keep their precision. See J. Schulman, "Approximating KL
+    k3 is computed on d clipped to [-20, 20], so ``exp`` cannot overflow, as verl's
+    ``kl_penalty`` does; within a few ulp of the exact value everywhere: as
+    ``expm1(-d) + d`` for ``|d| > 1`` and, where that form cancels, as its Taylor series
+    ``d**2 * (1/2 - d/6 + d**2/24 - ...)``. See J. Schulman, "Approximating KL
     Divergence", 2020.
 
     Examples
     --------
     >>> kl_estimate(np.array([0.5, -1.0]), "k2")
     array([0.125, 0.5  ])
+    >>> float(kl_estimate(np.array([1e-9]), "k3")[0])  # expm1(-d) + d: 5.000000746e-19
+    4.999999998333333e-19
     """
     if estimator == "k1":
         return log_ratio
     if estimator == "k2":
         return 0.5 * (log_ratio * log_ratio)
     if estimator == "k3":
-        bounded = clamp(log_ratio, KL3_LOG_RATIO_BOUND)
-        return np.expm1(-bounded) + bounded
+        return _k3(clamp(log_ratio, KL3_LOG_RATIO_BOUND))
     if estimator == "abs":
         return np.abs(log_ratio)
     msg = f"unknown KL estimator {estimator!r}"
     raise ValueError(msg)
 
 
+def _k3(bounded: FloatArray) -> FloatArray:
+    """``exp(-d) - 1 + d`` for d within [-20, 20], accurate near 0 too."""
+    k3: FloatArray = np.expm1(-bounded) + bounded
+    small = np.abs(bounded) <= _K3_SERIES_BOUND
+    if small.any():
+        x = -bounded[small]
+        series = np.full_like(x, _K3_SERIES[0])
+        # In place: a new array per step would cost more than the series' arithmetic.
+        for coefficient in _K3_SERIES[1:]:
+            series *= x
+            series += coefficient
+        k3[small] = (x * x) * series
+    return k3
+
+
 def advantages(
-    adjusted: FloatArray, groups: Groups, baseline: Baseline, grpo_scale: GrpoScale
+    adjusted: FloatArray,
+    groups: Groups,
+    baseline: Baseline,
+    grpo_scale: GrpoScale,
+    lengths: FloatArray | None = None,
 ) -> FloatArray:
     """Advantages ``A_i`` from the KL-adjusted rewards ``a_i``, with a per-group baseline.
 
@@ -83,34 +110,53 @@ def advantages(
         ``a_i = rewards_i - beta * kl_i``.
     groups : Groups
         The group of each sample (one group for the whole batch without ``group_ids``).
-    baseline : {"none", "mean", "rloo", "grpo"}
+    baseline : {"none", "mean", "rloo", "grpo", "reinforce_pp", "opo"}
         ``"none"``: ``A = a``. ``"mean"``: ``A_i = a_i - mean_g(a)``. ``"rloo"``:
         ``A_i = a_i - (sum_g(a) - a_i) / (n_g - 1)``, computed as the equal
         ``n_g / (n_g - 1) * (a_i - mean_g(a))``; every group needs ``n_g >= 2``.
         ``"grpo"``: ``A_i = (a_i - mean_g(a)) / (std_g(a) + 1e-4)``, std_g the sample
         standard deviation (ddof = 1) of the group, as TRL's GRPOTrainer.
-    grpo_scale : {"std", "none"}
-        ``"none"`` skips the division of ``"grpo"`` (Dr. GRPO).
+        ``"reinforce_pp"``: ``a_i - mean_g(a)``, then whitened over the batch (see
+        `whiten`), as verl's REINFORCE++-baseline. ``"opo"``: ``A_i = a_i - sum_g(L a) /
+        sum_g(L)``, the length-weighted group mean, as verl's OPO.
+    grpo_scale : {"std", "none", "batch"}
+        ``"none"`` skips the division of ``"grpo"`` (Dr. GRPO); ``"batch"`` divides by
+        the sample std of the whole batch's ``a`` instead (TRL's ``scale_rewards="batch"``).
+    lengths : ndarray, shape (B,), optional
+        The number of tokens of each sample; ``"opo"`` needs it.
 
     Returns
     -------
     ndarray, shape (B,)
-        Groups of one sample get ``A_i = 0`` under "mean" and "grpo".
+        Groups of one sample get ``A_i = 0`` (before the whitening of "reinforce_pp")
+        under every baseline but "none" ("rloo" refuses them); verl's OPO leaves them at
+        ``a_i``.
 
     Examples
     --------
     >>> g = Groups.from_ids(np.array([0, 0, 1, 1]))
     >>> advantages(np.array([1.0, 3.0, 5.0, 5.0]), g, "rloo", "std")
     array([-2.,  2.,  0.,  0.])
+    >>> advantages(np.array([1.0, 4.0, 5.0, 5.0]), g, "opo", "std", np.array([2.0, 1, 1, 1]))
+    array([-1.,  2.,  0.,  0.])
     """
     if baseline == "none":
         return adjusted
+    if baseline == "opo":
+        if lengths is None:
+            msg = "baseline 'opo' needs the sequence lengths"
+            raise ValueError(msg)
+        return _opo(adjusted, groups, lengths)
     centred = adjusted - group_means(adjusted, groups)[groups.index]
+    if baseline == "reinforce_pp":
+        return whiten(centred)
     if baseline == "mean" or (baseline == "grpo" and grpo_scale == "none"):
         return centred
     if baseline == "rloo":
         sizes = groups.sizes[groups.index]
         return sizes / (sizes - 1) * centred
+    if baseline == "grpo" and grpo_scale == "batch":
+        return centred / (sample_std(adjusted) + GRPO_EPS)
     if baseline == "grpo":
         std = _group_sample_std(centred, groups)
         return centred / (std[groups.index] + GRPO_EPS)
@@ -118,11 +164,26 @@ def advantages(
     raise ValueError(msg)
 
 
+def _opo(adjusted: FloatArray, groups: Groups, lengths: FloatArray) -> FloatArray:
+    """``a_i`` minus its group's length-weighted mean; 0 in groups of one sample."""
+    scale = _safe_scale(adjusted)
+    # The values scaled by a power of two (exact) keep the weighted sums from overflowing.
+    weighted = np.bincount(
+        groups.index, weights=lengths * (adjusted / scale), minlength=groups.sizes.size
+    )
+    total = np.bincount(groups.index, weights=lengths, minlength=groups.sizes.size)
+    centred = adjusted - (scale * (weighted / total))[groups.index]
+    # A single sample's weighted mean is itself, up to a rounding that must not survive.
+    opo: FloatArray = np.where(groups.sizes[groups.index] > 1, centred, 0.0)
+    return opo
+
+
 def whiten(values: FloatArray) -> FloatArray:
     """Shift to zero mean and scale to unit sample std: ``(A - mean) / sqrt(var + 1e-8)``.
 
-    TRL's ``whiten``; the variance is the sample variance (ddof = 1). A batch of one
-    sample becomes 0.
+    verl's ``masked_whiten`` over one value per sample (TRL removed its ``whiten`` in
+    PR #2480); the variance is the sample variance (ddof = 1). A batch of one sample
+    becomes 0.
 
     Examples
     --------
@@ -137,9 +198,7 @@ def whiten(values: FloatArray) -> FloatArray:
 def group_means(values: FloatArray, groups: Groups) -> FloatArray:
     """Mean of `values` within each group, shape (G,)."""
     # Summing values scaled by a power of two (exact) keeps the sums from overflowing.
-    scale = power_of_two_scale(values)
-    if scale == 0.0 or not math.isfinite(scale):
-        scale = 1.0
+    scale = _safe_scale(values)
     sums = np.bincount(groups.index, weights=values / scale, minlength=groups.sizes.size)
     means: FloatArray = scale * (sums / groups.sizes)
     return means
@@ -147,11 +206,15 @@ def group_means(values: FloatArray, groups: Groups) -> FloatArray:
 
 def _group_sample_std(centred: FloatArray, groups: Groups) -> FloatArray:
     """Sample std of each group from values already centred on their group mean; 0 for n = 1."""
-    scale = power_of_two_scale(centred)
-    if scale == 0.0 or not math.isfinite(scale):
-        scale = 1.0
+    scale = _safe_scale(centred)
     scaled = centred / scale
     squares = np.bincount(groups.index, weights=scaled * scaled, minlength=groups.sizes.size)
     dof = np.maximum(groups.sizes - 1, 1)
     std: FloatArray = scale * np.sqrt(squares / dof)
     return std
+
+
+def _safe_scale(values: FloatArray) -> float:
+    """`power_of_two_scale`, or 1 where it is no divisor (all zeros, or not finite)."""
+    scale = power_of_two_scale(values)
+    return scale if scale != 0.0 and math.isfinite(scale) else 1.0

@@ -9,11 +9,19 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .options import Groups, UpdateOptions, group_id_problems, option_problems
+from .options import (
+    FLOAT_SAMPLE_OPTIONS,
+    Groups,
+    UpdateOptions,
+    group_id_problems,
+    option_problems,
+    per_token_message,
+    sequence_length_problems,
+)
 from .overflow import first_non_finite
 from .results import MAX_LISTED_PROBLEMS, FloatArray, InputProblem, InvalidInputError, format_loc
 
-__all__ = ["ARRAY_SHAPES", "CheckedInputs", "check_inputs", "shape_text"]
+__all__ = ["ARRAY_SHAPES", "LOG_PROB_ARRAYS", "CheckedInputs", "check_inputs", "shape_text"]
 
 # The expected shape of each array argument, in the order of the signature.
 ARRAY_SHAPES: Mapping[str, tuple[str, ...]] = {
@@ -23,16 +31,24 @@ ARRAY_SHAPES: Mapping[str, tuple[str, ...]] = {
     "ref_log_probs": ("B",),
     "log_prob_grads": ("B", "N"),
 }
+# The optional float arrays, one value per sample, that the options carry.
+_SHAPES: Mapping[str, tuple[str, ...]] = {
+    **ARRAY_SHAPES,
+    **dict.fromkeys(FLOAT_SAMPLE_OPTIONS, ("B",)),
+}
+# The arrays of sequence log-probs: 2-D ones would be per-token log-probs.
+LOG_PROB_ARRAYS = ("policy_log_probs", "ref_log_probs", *FLOAT_SAMPLE_OPTIONS)
 
 
 @dataclass(frozen=True, slots=True)
 class CheckedInputs:
     """The inputs as float64 arrays and floats, every rule checked."""
 
-    arrays: dict[str, FloatArray]
+    arrays: dict[str, FloatArray]  # the five arrays, and those of the options sent
     beta: float
     lr: float
     groups: Groups | None  # None without a baseline
+    lengths: FloatArray | None  # `sequence_lengths` as floats, when sent
 
 
 def check_inputs(
@@ -47,15 +63,17 @@ def check_inputs(
         ranks first, then shapes, groups and options, then values that are not finite.
     """
     problems: list[InputProblem] = []
+    sent = {name: getattr(options, name) for name in FLOAT_SAMPLE_OPTIONS}
     arrays = {
         name: array
-        for name, value in values.items()
-        if (array := _as_float64(name, value, problems)) is not None
+        for name, value in {**values, **sent}.items()
+        if value is not None and (array := _as_float64(name, value, problems)) is not None
     }
     beta_value = _as_scalar("beta", beta, problems)
     lr_value = _as_scalar("lr", lr, problems)
     problems += [InputProblem((name,), msg) for name, msg in option_problems(options)]
     groups = None  # only a baseline needs them
+    lengths = None
     if not problems:
         problems = _shape_problems(arrays)
         batch_size = arrays["rewards"].shape[0]
@@ -63,6 +81,11 @@ def check_inputs(
         if options.group_ids is not None:
             ids, id_problems = group_id_problems(options.group_ids, batch_size)
             problems += [InputProblem(loc, msg) for loc, msg in id_problems]
+        if options.sequence_lengths is not None:
+            lengths, length_problems = sequence_length_problems(
+                options.sequence_lengths, batch_size
+            )
+            problems += [InputProblem(loc, msg) for loc, msg in length_problems]
         if not problems and options.baseline != "none":
             groups = Groups.whole_batch(batch_size) if ids is None else Groups.from_ids(ids)
             if options.baseline == "rloo":
@@ -78,7 +101,7 @@ def check_inputs(
         ]
     if problems:
         raise InvalidInputError(problems)
-    return CheckedInputs(arrays, beta_value, lr_value, groups)
+    return CheckedInputs(arrays, beta_value, lr_value, groups, lengths)
 
 
 def _rloo_problems(groups: Groups, *, grouped: bool) -> list[InputProblem]:
@@ -108,12 +131,16 @@ def _rloo_problems(groups: Groups, *, grouped: bool) -> list[InputProblem]:
 
 
 def _as_float64(name: str, value: ArrayLike, problems: list[InputProblem]) -> FloatArray | None:
-    axes = ARRAY_SHAPES[name]
+    axes = _SHAPES[name]
     ndim, shape = len(axes), shape_text(name)
     try:
         array = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError, OverflowError) as exc:
         msg = f"{name} is not a {ndim}-D array of floats, shape {shape} ({exc})"
+        problems.append(InputProblem((name,), msg))
+        return None
+    if array.ndim > ndim and name in LOG_PROB_ARRAYS:
+        msg = f"{per_token_message(name, f'is {array.ndim}-D')}, shape {shape}"
         problems.append(InputProblem((name,), msg))
         return None
     if array.ndim != ndim:
@@ -129,7 +156,7 @@ def shape_text(name: str) -> str:
     >>> shape_text("log_prob_grads"), shape_text("weights")
     ('(B, N)', '(N,)')
     """
-    axes = ARRAY_SHAPES[name]
+    axes = _SHAPES[name]
     return f"({axes[0]},)" if len(axes) == 1 else f"({', '.join(axes)})"
 
 
@@ -157,7 +184,9 @@ def _shape_problems(arrays: dict[str, FloatArray]) -> list[InputProblem]:
         problems.append(InputProblem(("weights",), "weights is empty; expected at least 1 entry"))
     if b == 0:
         problems.append(InputProblem(("rewards",), "rewards is empty; expected at least 1 sample"))
-    for name in ("policy_log_probs", "ref_log_probs"):
+    for name in ("policy_log_probs", "ref_log_probs", *FLOAT_SAMPLE_OPTIONS):
+        if name not in arrays:
+            continue
         length = arrays[name].shape[0]
         if length != b:
             problems.append(

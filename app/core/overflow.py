@@ -22,6 +22,7 @@ _DESCRIPTIONS = {
     "kl": "the KL estimate policy_log_probs[{i}] - ref_log_probs[{i}]",
     "adjusted": "the adjusted reward rewards[{i}] - beta * kl[{i}]",
     "advantage": "the advantage of sample {i}",
+    "coefficient": "the gradient coefficient of sample {i} (policy loss, TIS and KL loss)",
     "grad": "the policy gradient grad[{i}]",
     "new_weights": "the updated weight weights[{i}] + lr * grad[{i}]",
 }
@@ -56,9 +57,16 @@ def require_finite(estimator: str = "k1", **quantities: FloatArray) -> None:
 
 
 def require_finite_stats(stats: UpdateStats) -> None:
-    """Raise `UpdateOverflowError` naming the first statistic that is not finite."""
-    for name in UpdateStats.__slots__:
-        value = getattr(stats, name)
+    """Raise `UpdateOverflowError` naming the first statistic that is not finite.
+
+    The statistics of the policy loss and of TIS (`stats.ratio`, `stats.tis`) are named
+    as the wire shows them, without the group: ``stats.ratio_max``.
+    """
+    values = [(name, getattr(stats, name)) for name in UpdateStats.__slots__]
+    for group in (stats.ratio, stats.tis):
+        if group is not None:
+            values += [(name, getattr(group, name)) for name in type(group).__slots__]
+    for name, value in values:
         if isinstance(value, float) and not math.isfinite(value):
             msg = f"stats.{name} overflows float64 ({value}); scale down the inputs or lr"
             raise UpdateOverflowError([InputProblem(("stats", name), msg)])

@@ -16,6 +16,8 @@ __all__ = [
     "InvalidInputError",
     "KlEstimates",
     "Loc",
+    "RatioStats",
+    "TisStats",
     "UpdateError",
     "UpdateOverflowError",
     "UpdateResult",
@@ -79,8 +81,52 @@ class KlEstimates:
 
 
 @dataclass(frozen=True, slots=True)
+class RatioStats:
+    """What a clipped surrogate did to the batch (`app.core.policy_loss`).
+
+    Every fraction is of all B samples. ``clip_frac_high``: ``A > 0`` and ``rho > 1 +
+    eps_high``; ``clip_frac_low``: ``A < 0`` and ``rho < 1 - eps_low``; ``clip_frac``
+    their sum (for "cispo" the fraction with ``rho != clip(rho)``, as verl counts);
+    ``dual_clip_frac``: ``A < 0`` and ``rho > dual_clip_c`` (None without dual clip);
+    ``active_frac``: a policy coefficient that is not 0; ``approx_kl_old``:
+    ``mean(old - logp)``.
+    """
+
+    ratio_mean: float
+    ratio_min: float
+    ratio_max: float
+    clip_frac: float
+    clip_frac_low: float
+    clip_frac_high: float
+    dual_clip_frac: float | None
+    log_ratio_clamped_frac: float
+    active_frac: float
+    approx_kl_old: float
+
+
+@dataclass(frozen=True, slots=True)
+class TisStats:
+    """The truncated importance weights after truncation or masking and normalisation.
+
+    ``tis_truncated_frac``: weights changed by either bound ("truncate");
+    ``tis_masked_frac``: weights set to 0 ("mask"); ``tis_ess = 1 / mean((w / mean w)**2)``.
+    """
+
+    tis_weight_mean: float
+    tis_weight_min: float
+    tis_weight_max: float
+    tis_truncated_frac: float
+    tis_masked_frac: float
+    tis_ess: float
+
+
+@dataclass(frozen=True, slots=True)
 class UpdateStats:
-    """Diagnostics of one update, for the caller's logs."""
+    """Diagnostics of one update, for the caller's logs.
+
+    `ratio`, `kl_loss_mean` and `tis` are None unless their option is on: a policy loss
+    other than "pg", `kl_loss_coef` > 0, `tis_mode`.
+    """
 
     kl_mean: float
     kl_max: float
@@ -94,6 +140,9 @@ class UpdateStats:
     update_norm: float
     next_beta: float | None
     kl_estimates: KlEstimates
+    ratio: RatioStats | None = None
+    kl_loss_mean: float | None = None
+    tis: TisStats | None = None
 
 
 @dataclass(frozen=True, slots=True)

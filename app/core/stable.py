@@ -9,10 +9,19 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .results import FloatArray
 
-__all__ = ["clamp", "l2_norm", "mean", "power_of_two_scale", "sample_std", "scaled_sum_of_squares"]
+__all__ = [
+    "clamp",
+    "fraction",
+    "l2_norm",
+    "mean",
+    "power_of_two_scale",
+    "sample_std",
+    "scaled_sum_of_squares",
+]
 
 # A sum of squares at least this large is not spoilt by squares that underflowed.
 _SQUARES_SAFE_MIN = 2.0**-900
@@ -28,6 +37,15 @@ def clamp(values: FloatArray, bound: float) -> FloatArray:
     """
     clamped: FloatArray = np.clip(values, -bound, bound)
     return clamped
+
+
+def fraction(flags: NDArray[np.bool_]) -> float:
+    """The fraction of true entries, exactly: their count over the size.
+
+    >>> fraction(np.array([True, False, False, True]))
+    0.5
+    """
+    return int(np.count_nonzero(flags)) / flags.size
 
 
 def mean(values: FloatArray) -> float:

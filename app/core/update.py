@@ -6,15 +6,19 @@ The numeric core of the service: the formula and its options. Pure NumPy, no I/O
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, cast
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from .advantages import advantages, kl_estimate, whiten
+from .aggregation import aggregation
 from .inputs import check_inputs
+from .kl_loss import kl_loss_terms
 from .options import KlEstimatorName, UpdateOptions
 from .overflow import first_non_finite, require_finite, require_finite_stats
+from .policy_loss import policy_coefficients
 from .results import (
     FloatArray,
     InputProblem,
@@ -24,6 +28,7 @@ from .results import (
     UpdateStats,
 )
 from .stable import clamp, l2_norm, mean, sample_std, scaled_sum_of_squares
+from .tis import tis_weights
 
 __all__ = ["compute_update", "in_weights_dtype", "rlhf_weight_update"]
 
@@ -143,21 +148,28 @@ def compute_update(
     -----
     The steps, in order:
 
-    0. ``r = clip(rewards, -reward_clip, reward_clip)`` when `reward_clip` is set;
+    0. ``r = clip(rewards, -reward_clip, reward_clip)`` (or ``[low, high]``) when set;
     1. ``kl_i`` by the chosen estimator of ``d_i = policy_log_probs_i - ref_log_probs_i``
-       (see `app.core.advantages.kl_estimate`), clamped to ``[-kl_clamp, kl_clamp]`` when set;
+       (``old_log_probs_i - ref_log_probs_i`` when `old_log_probs` is sent: advantages are
+       frozen at rollout time), see `app.core.advantages.kl_estimate`; clamped to
+       ``[-kl_clamp, kl_clamp]`` when set ("low_var_kl": to [-10, 10] unless set);
     2. ``a_i = r_i - beta * kl_i``;
     3. ``A_i`` from ``a_i`` by the baseline, within each group of `group_ids`
        (see `app.core.advantages.advantages`);
     4. ``A = whiten(A)`` when `normalize_advantages` (see `app.core.advantages.whiten`);
-    5. ``g = A @ log_prob_grads / B``;
-    6. ``g *= max_grad_norm / (||g|| + 1e-6)`` when ``||g|| > max_grad_norm``, as
+    5. ``coef_i``: the policy loss's coefficient of ``grad logp_i``
+       (`app.core.policy_loss`), times the TIS weight (`app.core.tis`), minus
+       ``kl_loss_coef * k'(policy_log_probs_i - ref_log_probs_i)`` (`app.core.kl_loss`);
+       ``g = sum_i c_i * coef_i * log_prob_grads[i]``, ``c_i`` the weight of `loss_agg`
+       (`app.core.aggregation`; by default ``1/B``, so that ``g = A @ log_prob_grads / B``);
+    6. ``g *= max_grad_norm / (||g|| + 1e-6)`` when that factor is below 1, exactly as
        ``torch.nn.utils.clip_grad_norm_``;
     7. ``w' = weights + lr * g``.
 
     With `target_kl` and `kl_horizon`, ``stats.next_beta`` is the adaptive KL
-    controller's next coefficient (Ziegler et al. 2019, TRL's AdaptiveKLController):
-    ``beta * (1 + clip(kl_mean / target_kl - 1, -0.2, 0.2) * B / kl_horizon)``.
+    controller's next coefficient (Ziegler et al. 2019; verl's and OpenRLHF's
+    AdaptiveKLController): ``beta * (1 + clip(kl_mean / target_kl - 1, -0.2, 0.2) * B /
+    kl_horizon)``.
     """
     options = options or UpdateOptions()
     checked = check_inputs(
@@ -173,37 +185,63 @@ def compute_update(
         options=options,
     )
     estimator = options.estimator
-    w, r = checked.arrays["weights"], checked.arrays["rewards"]
+    arrays = checked.arrays
+    w, r = arrays["weights"], arrays["rewards"]
     if options.reward_clip is not None:
-        r = clamp(r, float(options.reward_clip))
-    log_ratio = checked.arrays["policy_log_probs"] - checked.arrays["ref_log_probs"]
+        r = _clip_rewards(r, options.reward_clip)
+    policy, ref, old = (
+        arrays["policy_log_probs"],
+        arrays["ref_log_probs"],
+        arrays.get("old_log_probs"),
+    )
+    log_ratio = (policy if old is None else old) - ref
     kl = kl_estimate(log_ratio, estimator)
-    if options.kl_clamp is not None:
-        kl = clamp(kl, float(options.kl_clamp))
+    kl_bound = options.reward_kl_clamp
+    if kl_bound is not None:
+        kl = clamp(kl, kl_bound)
     adjusted = r - checked.beta * kl
     advantage = (
         adjusted
         if checked.groups is None
-        else advantages(adjusted, checked.groups, options.baseline, options.grpo_scale)
+        else advantages(
+            adjusted, checked.groups, options.baseline, options.grpo_scale, checked.lengths
+        )
     )
     if options.normalize_advantages:
         advantage = whiten(advantage)
     require_finite(estimator, kl=kl, adjusted=adjusted, advantage=advantage)
-    grad, grad_norm = _gradient(advantage, checked.arrays["log_prob_grads"])
+    terms = policy_coefficients(advantage, policy, old, checked.lengths, options)
+    coefficient = terms.coefficient
+    tis = None
+    if options.tis_mode is not None:
+        tis = tis_weights(policy if old is None else old, arrays["behavior_log_probs"], options)
+        coefficient = coefficient * tis.weights
+    kl_loss = None
+    if options.kl_loss_coef:
+        kl_loss = kl_loss_terms(policy - ref, options.kl_loss_type, options.kl_loss_clamp)
+        coefficient = coefficient - float(options.kl_loss_coef) * kl_loss.derivative
+    summed = aggregation(options.aggregation, r.size, checked.lengths, options.loss_agg_constant)
+    if summed.per_sample is not None:
+        coefficient = coefficient / summed.per_sample
+    if coefficient is not advantage:
+        require_finite(coefficient=coefficient)
+    grad, grad_norm = _gradient(coefficient, arrays["log_prob_grads"], summed.divisor)
     step_norm = grad_norm
     clipped = False
-    if options.max_grad_norm is not None and grad_norm > options.max_grad_norm:
-        # torch.nn.utils.clip_grad_norm_'s factor, 1e-6 included.
-        grad = grad * (float(options.max_grad_norm) / (grad_norm + 1e-6))
-        step_norm = l2_norm(grad)
-        clipped = True
+    if options.max_grad_norm is not None:
+        # torch.nn.utils.clip_grad_norm_ multiplies by min(factor, 1), 1e-6 included.
+        factor = float(options.max_grad_norm) / (grad_norm + 1e-6)
+        if factor < 1.0:
+            grad = grad * factor
+            step_norm = l2_norm(grad)
+            clipped = True
     # lr = 0 returns the weights bit for bit: w + 0.0 would turn -0.0 into 0.0.
     new_weights = w + checked.lr * grad if checked.lr else w.copy()
     kl_mean = mean(kl)
     reward_mean = mean(r)
     advantage_mean = mean(advantage)
     # Unless clamped, the update's own estimate is one of the three reported side by side.
-    own_estimate = {estimator: kl_mean} if options.kl_clamp is None else {}
+    own_estimate = {estimator: kl_mean} if kl_bound is None else {}
     stats = UpdateStats(
         kl_mean=kl_mean,
         kl_max=float(kl.max()),
@@ -217,10 +255,22 @@ def compute_update(
         update_norm=checked.lr * step_norm,
         next_beta=_next_beta(checked.beta, kl_mean, r.size, options),
         kl_estimates=_kl_estimates(log_ratio, own_estimate),
+        ratio=terms.stats,
+        kl_loss_mean=None if kl_loss is None else kl_loss.mean,
+        tis=None if tis is None else tis.stats,
     )
     require_finite(new_weights=new_weights)
     require_finite_stats(stats)
     return UpdateResult(weights=new_weights, stats=stats)
+
+
+def _clip_rewards(rewards: FloatArray, bound: float | Sequence[float]) -> FloatArray:
+    """`rewards` within ``[-bound, bound]``, or within ``[low, high]`` for a pair."""
+    if isinstance(bound, Sequence | np.ndarray):
+        low, high = (float(value) for value in bound)
+        clipped: FloatArray = np.clip(rewards, low, high)
+        return clipped
+    return clamp(rewards, float(bound))
 
 
 def _next_beta(
@@ -285,13 +335,16 @@ def in_weights_dtype(result: UpdateResult, dtype: np.dtype[np.floating[Any]]) ->
     return UpdateResult(weights=weights, stats=result.stats)
 
 
-def _gradient(advantage: FloatArray, grads: FloatArray) -> tuple[FloatArray, float]:
+def _gradient(
+    advantage: FloatArray, grads: FloatArray, divisor: float | None = None
+) -> tuple[FloatArray, float]:
     """The policy gradient ``advantage @ grads / B`` and its L2 norm.
 
-    One matrix-vector product, no (B, N) temporary. Raises `UpdateOverflowError` when an
-    entry of the gradient overflows.
+    One matrix-vector product, no (B, N) temporary. `advantage` is each sample's
+    coefficient; `divisor`, when given, replaces B (see `app.core.aggregation`). Raises
+    `UpdateOverflowError` when an entry of the gradient overflows.
     """
-    b = advantage.size
+    b = advantage.size if divisor is None else divisor
     grad: FloatArray = (advantage @ grads) / b
     norm = l2_norm(grad)
     # A finite norm proves every entry finite. Otherwise a column sum may have overflowed

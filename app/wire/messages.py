@@ -10,18 +10,30 @@ from typing import Any, get_args
 from pydantic_core import ErrorDetails
 
 from ..core import InputProblem, format_loc
-from .schemas import UpdateOptionsModel, UpdateRequest
+from ..core.inputs import LOG_PROB_ARRAYS
+from ..core.options import PER_TOKEN_FIELDS, per_token_message
+from .schemas import REWARD_CLIP_ERROR, UpdateOptionsModel, UpdateRequest
 
 __all__ = ["describe_validation_error", "did_you_mean", "format_loc", "shorten"]
 
 _FIELDS = tuple(UpdateRequest.model_fields)
 _OPTIONS = tuple(UpdateOptionsModel.model_fields)
 _ARRAYS_AND_SCALARS = tuple(name for name in _FIELDS if name not in _OPTIONS)
+
+
+def _literal_values(annotation: Any) -> tuple[Any, ...]:
+    """The values of a Literal type, also inside `... | None`."""
+    args = get_args(annotation)
+    if type(None) in args:
+        args = tuple(value for arg in args if arg is not type(None) for value in get_args(arg))
+    return args
+
+
 # The allowed values of each option with a closed set, read off the schema's Literal types.
 _ALLOWED: dict[str, tuple[str, ...]] = {
-    name: get_args(info.annotation)
+    name: values
     for name, info in UpdateOptionsModel.model_fields.items()
-    if get_args(info.annotation) and all(isinstance(v, str) for v in get_args(info.annotation))
+    if (values := _literal_values(info.annotation)) and all(isinstance(v, str) for v in values)
 }
 _EXPECTED = {
     "weights": "a non-empty array of N numbers",
@@ -32,6 +44,16 @@ _EXPECTED = {
     "beta": "a number >= 0",
     "lr": "a number >= 0",
     "group_ids": "an array of B integers, or null",
+    "sequence_lengths": "an array of B integers >= 1, or null",
+    "old_log_probs": "an array of B numbers, or null",
+    "behavior_log_probs": "an array of B numbers, or null",
+}
+
+# The bounds of the integer options that say "within int64".
+_INT64_BOUNDS = {
+    ("greater_than_equal", "group_ids"),
+    ("less_than_equal", "group_ids"),
+    ("less_than_equal", "sequence_lengths"),
 }
 
 # An echoed value is cut to this many characters: a message must not echo a megabyte back.
@@ -71,13 +93,21 @@ def describe_validation_error(error: ErrorDetails) -> InputProblem:
         return InputProblem((), f"the body is {got}; expected a JSON object with {_field_list()}")
     if kind == "missing":
         return InputProblem(loc, f"{path} is missing; expected {_EXPECTED[str(field)]}")
+    if kind == "extra_forbidden" and field in PER_TOKEN_FIELDS:
+        return InputProblem(loc, per_token_message(str(field), "is not an option here"))
     if kind == "extra_forbidden":
         suggestion = did_you_mean(str(field), _FIELDS)
         return InputProblem(
             loc, f"unknown field {field!r}{suggestion}; expected only {_field_list()}"
         )
+    if kind == "float_type" and field in LOG_PROB_ARRAYS and isinstance(error.get("input"), list):
+        return InputProblem(loc, per_token_message(path, "is an array"))
     if kind == "float_type":
         return InputProblem(loc, f"{path} is {got}; expected a JSON number")
+    if kind == REWARD_CLIP_ERROR:
+        return InputProblem(
+            loc, f"{path} is {got}; expected a JSON number > 0, or an array [low, high]"
+        )
     if kind == "finite_number":
         return InputProblem(
             loc,
@@ -89,15 +119,27 @@ def describe_validation_error(error: ErrorDetails) -> InputProblem:
         return InputProblem(loc, f"{path} is {got}; expected {expected}")
     if kind == "too_short":
         return InputProblem(loc, f"{path} is empty; expected {_EXPECTED[str(field)]}")
-    if kind in ("greater_than_equal", "less_than_equal") and field == "group_ids":
+    if (kind, field) in _INT64_BOUNDS:
         return InputProblem(
             loc, f"{path} is {shorten(error.get('input'))}; expected an integer within int64"
         )
+    bound = error.get("ctx", {})
+    if kind == "greater_than_equal" and field == "sequence_lengths":
+        return InputProblem(
+            loc, f"{path} is {shorten(error.get('input'))}; expected an integer >= 1"
+        )
     if kind == "greater_than_equal":
-        return InputProblem(loc, f"{path} is {shorten(error.get('input'))}; expected a number >= 0")
+        return InputProblem(
+            loc, f"{path} is {shorten(error.get('input'))}; expected a number >= {bound['ge']}"
+        )
     if kind == "greater_than":
         return InputProblem(
-            loc, f"{path} is {shorten(error.get('input'))}; expected a finite number > 0"
+            loc,
+            f"{path} is {shorten(error.get('input'))}; expected a finite number > {bound['gt']}",
+        )
+    if kind == "less_than":
+        return InputProblem(
+            loc, f"{path} is {shorten(error.get('input'))}; expected a number < {bound['lt']}"
         )
     if kind in ("literal_error", "string_type") and field in _ALLOWED:
         allowed = ", ".join(repr(value) for value in _ALLOWED[str(field)])

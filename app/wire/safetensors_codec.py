@@ -27,6 +27,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save
 
 from ..core import ARRAY_SHAPES, InputProblem, UpdateOptions, UpdateResult, shape_text
+from ..core.options import (
+    FLOAT_SAMPLE_OPTIONS,
+    INTEGER_SAMPLE_OPTIONS,
+    PER_TOKEN_FIELDS,
+    per_token_message,
+)
 from ..errors import InvalidPayloadError, MalformedSafetensorsError
 from .messages import describe_validation_error, did_you_mean, shorten
 from .payload import UpdatePayload
@@ -36,11 +42,16 @@ from .stats import stats_as_dict
 __all__ = ["decode_request", "describe_layout", "encode_response"]
 
 _SCALARS = ("beta", "lr")
-_GROUP_IDS = "group_ids"
 _TENSORS = (*ARRAY_SHAPES, *_SCALARS)
-# Every option but group_ids travels as a string in __metadata__.
-_METADATA_OPTIONS = tuple(name for name in UpdateOptionsModel.model_fields if name != _GROUP_IDS)
-# Little-endian, as the format stores them; the integer ones are for group_ids.
+# The options of one value per sample travel as tensors; every other option as a string
+# in __metadata__.
+_OPTION_TENSORS = (*INTEGER_SAMPLE_OPTIONS, *FLOAT_SAMPLE_OPTIONS)
+_METADATA_OPTIONS = tuple(
+    name for name in UpdateOptionsModel.model_fields if name not in _OPTION_TENSORS
+)
+# Metadata options whose string may be JSON text for an array, e.g. "[-1, 2]".
+_JSON_TEXT_OPTIONS = ("reward_clip",)
+# Little-endian, as the format stores them; the integer ones are for the integer options.
 _FLOATS: dict[str, np.dtype[Any]] = {"F64": np.dtype("<f8"), "F32": np.dtype("<f4")}
 _INTEGERS: dict[str, np.dtype[Any]] = {
     code: np.dtype(f"<{kind}{size}")
@@ -76,7 +87,9 @@ def decode_request(body: bytearray) -> UpdatePayload:
     if problems:
         raise InvalidPayloadError(problems)
     views = _views(body, tensors, data_start)
-    options = _options_from_binary(metadata, views.get(_GROUP_IDS))
+    options = _options_from_binary(
+        metadata, {name: views[name] for name in _OPTION_TENSORS if name in views}
+    )
     return UpdatePayload(
         weights=views["weights"],
         rewards=views["rewards"],
@@ -109,7 +122,14 @@ def describe_layout() -> dict[str, Any]:
     tensors |= {
         name: {"shape": "() or (1,)", "dtypes": floats, "required": True} for name in _SCALARS
     }
-    tensors[_GROUP_IDS] = {"shape": "(B,)", "dtypes": list(_INTEGERS), "required": False}
+    tensors |= {
+        name: {"shape": "(B,)", "dtypes": list(_INTEGERS), "required": False}
+        for name in INTEGER_SAMPLE_OPTIONS
+    }
+    tensors |= {
+        name: {"shape": "(B,)", "dtypes": floats, "required": False}
+        for name in FLOAT_SAMPLE_OPTIONS
+    }
     return {
         "request": {"tensors": tensors, "metadata": list(_METADATA_OPTIONS)},
         "response": {
@@ -125,11 +145,11 @@ def describe_layout() -> dict[str, Any]:
     }
 
 
-def _options_from_binary(metadata: dict[str, str], group_ids: NDArray[Any] | None) -> UpdateOptions:
-    """The algorithm options: strings in `__metadata__`, and the `group_ids` tensor.
+def _options_from_binary(metadata: dict[str, str], tensors: dict[str, Any]) -> UpdateOptions:
+    """The algorithm options: strings in `__metadata__`, and the per-sample tensors.
 
     The strings are validated by the model the JSON path uses, in lax mode, which reads
-    "1.0" as a number and "true" as a boolean.
+    "1.0" as a number and "true" as a boolean; a `reward_clip` pair is JSON text.
     """
     problems = []
     for key in metadata:
@@ -139,20 +159,28 @@ def _options_from_binary(metadata: dict[str, str], group_ids: NDArray[Any] | Non
                 f"__metadata__ has the unknown key {shorten(key)!r}{suggestion}; expected only "
                 f"the options {', '.join(_METADATA_OPTIONS)}"
             )
-            if key == _GROUP_IDS:
-                msg = "__metadata__ has group_ids; send it as an integer tensor of shape (B,)"
+            if key in _OPTION_TENSORS:
+                kind = "an integer" if key in INTEGER_SAMPLE_OPTIONS else "a float"
+                msg = f"__metadata__ has {key}; send it as {kind} tensor of shape (B,)"
+            elif key in PER_TOKEN_FIELDS:
+                msg = per_token_message(key, "is not an option here")
             problems.append(InputProblem(("__metadata__", key), msg))
     if problems:
         raise InvalidPayloadError(problems)
+    values: dict[str, Any] = {**metadata}
+    for key in _JSON_TEXT_OPTIONS:
+        if key in values:
+            with contextlib.suppress(orjson.JSONDecodeError):
+                values[key] = orjson.loads(values[key])
     try:
-        model = UpdateOptionsModel.model_validate(metadata, strict=False)
+        model = UpdateOptionsModel.model_validate(values, strict=False)
     except ValidationError as exc:
         problems = [describe_validation_error(error) for error in exc.errors(include_url=False)]
         raise InvalidPayloadError(
             [InputProblem(("__metadata__", *p.loc), p.msg) for p in problems]
         ) from None
     options = model.to_options()
-    return options if group_ids is None else dataclasses.replace(options, group_ids=group_ids)
+    return dataclasses.replace(options, **tensors) if tensors else options
 
 
 def _read_header(body: bytearray) -> tuple[list[_Tensor], dict[str, str], int]:
@@ -219,8 +247,8 @@ def _name_problems(by_name: dict[str, _Tensor]) -> list[InputProblem]:
     ]
     unknown = []
     for name in by_name:
-        if name not in (*_TENSORS, _GROUP_IDS):
-            suggestion = did_you_mean(name, _TENSORS)
+        if name not in (*_TENSORS, *_OPTION_TENSORS):
+            suggestion = did_you_mean(name, (*_TENSORS, *_OPTION_TENSORS))
             unknown.append(
                 InputProblem(
                     (name,), f"unknown tensor {shorten(name)!r}{suggestion}; {_expected()}"
@@ -235,10 +263,17 @@ def _dtype_problems(by_name: dict[str, _Tensor]) -> list[InputProblem]:
         for name, tensor in by_name.items()
         if name in _TENSORS and tensor.dtype not in _FLOATS
     ]
-    group_ids = by_name.get(_GROUP_IDS)
-    if group_ids is not None and group_ids.dtype not in _INTEGERS:
-        msg = f"group_ids has dtype {group_ids.dtype}; expected an integer dtype (I64, I32, ...)"
-        problems.append(InputProblem((_GROUP_IDS,), msg))
+    for name in INTEGER_SAMPLE_OPTIONS:
+        tensor = by_name.get(name)
+        if tensor is not None and tensor.dtype not in _INTEGERS:
+            msg = f"{name} has dtype {tensor.dtype}; expected an integer dtype (I64, I32, ...)"
+            problems.append(InputProblem((name,), msg))
+    for name in FLOAT_SAMPLE_OPTIONS:
+        tensor = by_name.get(name)
+        if tensor is not None and tensor.dtype not in _FLOATS:
+            problems.append(
+                InputProblem((name,), f"{name} has dtype {tensor.dtype}; expected F32 or F64")
+            )
     return problems
 
 
@@ -267,4 +302,6 @@ def _expected_tensor(name: str) -> str:
 
 
 def _expected() -> str:
-    return f"expected only tensors {', '.join(_TENSORS)}"
+    return (
+        f"expected only tensors {', '.join(_TENSORS)} and the optional {', '.join(_OPTION_TENSORS)}"
+    )

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, FailFast, Field
+from pydantic import BaseModel, ConfigDict, FailFast, Field, PlainValidator, WithJsonSchema
+from pydantic_core import PydanticCustomError
 
-from ..core.options import Baseline, GrpoScale, KlEstimator, UpdateOptions
+from ..core.options import (
+    Baseline,
+    GrpoScale,
+    KlEstimator,
+    KlEstimatorName,
+    LossAgg,
+    PolicyLoss,
+    TisMode,
+    UpdateOptions,
+)
 
 __all__ = [
     "REFERENCE_EXAMPLE",
@@ -24,8 +35,47 @@ __all__ = [
 # error per field, not a million.
 Numbers = Annotated[list[float], FailFast()]
 Rows = Annotated[list[Numbers], FailFast()]
+OptionalNumbers = Annotated[list[float] | None, FailFast()]
 GroupId = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+SequenceLength = Annotated[int, Field(ge=1, le=2**63 - 1)]
 Positive = Annotated[float, Field(gt=0)]
+NonNegative = Annotated[float, Field(ge=0)]
+# The error type of a `reward_clip` that is neither a number nor a pair of numbers; the
+# wire's messages word it.
+REWARD_CLIP_ERROR = "reward_clip_type"
+
+
+def _reward_clip(value: object) -> float | tuple[float, float] | None:
+    """A finite number or a pair [low, high] of finite numbers; the core checks the ranges."""
+    if value is None or _is_number(value):
+        return None if value is None else float(value)  # type: ignore[arg-type]
+    if isinstance(value, list | tuple) and len(value) == 2 and all(map(_is_number, value)):
+        return float(value[0]), float(value[1])
+    raise PydanticCustomError(REWARD_CLIP_ERROR, "expected a number > 0 or [low, high]")
+
+
+def _is_number(value: object) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and abs(value) <= 1.7976931348623157e308
+    )
+
+
+RewardClip = Annotated[
+    float | tuple[float, float] | None,
+    PlainValidator(_reward_clip),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"exclusiveMinimum": 0, "type": "number"},
+                {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2},
+                {"type": "null"},
+            ]
+        }
+    ),
+]
 
 REFERENCE_EXAMPLE: dict[str, Any] = {
     "weights": [1.0, 1.0],
@@ -52,8 +102,10 @@ class UpdateOptionsModel(BaseModel):
     kl_clamp: Positive | None = Field(
         default=None, description="Clamp each kl_i to [-kl_clamp, kl_clamp]."
     )
-    reward_clip: Positive | None = Field(
-        default=None, description="Clamp each reward to [-reward_clip, reward_clip] first."
+    reward_clip: RewardClip = Field(
+        default=None,
+        description="Clamp each reward to [-reward_clip, reward_clip] first, or to "
+        "[low, high] for a pair (low < high).",
     )
     group_ids: Annotated[list[GroupId] | None, FailFast()] = Field(
         default=None,
@@ -64,10 +116,13 @@ class UpdateOptionsModel(BaseModel):
         default="none",
         description="Advantage from the adjusted reward a: none (A = a), mean (a - group "
         "mean), rloo (a - mean of the others in the group), grpo ((a - group mean) / "
-        "(group sample std + 1e-4)).",
+        "(group sample std + 1e-4)), reinforce_pp (a - group mean, whitened over the batch), "
+        "opo (a - the group mean weighted by sequence_lengths). Groups of one sample get 0.",
     )
     grpo_scale: GrpoScale = Field(
-        default="std", description='"none" skips grpo\'s division by the group std (Dr. GRPO).'
+        default="std",
+        description='"none" skips grpo\'s division by the group std (Dr. GRPO); "batch" '
+        "divides by the sample std of the whole batch's adjusted rewards instead.",
     )
     normalize_advantages: bool = Field(
         default=False,
@@ -75,13 +130,91 @@ class UpdateOptionsModel(BaseModel):
     )
     max_grad_norm: Positive | None = Field(
         default=None,
-        description="If ||grad|| > max_grad_norm, scale grad by max_grad_norm / (||grad|| + 1e-6).",
+        description="Scale grad by max_grad_norm / (||grad|| + 1e-6) where that is below 1, "
+        "as torch.nn.utils.clip_grad_norm_.",
     )
     target_kl: Positive | None = Field(
         default=None, description="Adaptive KL: the KL to steer towards (with kl_horizon)."
     )
     kl_horizon: Positive | None = Field(
         default=None, description="Adaptive KL: the horizon, in samples (with target_kl)."
+    )
+    policy_loss: PolicyLoss = Field(
+        default="pg",
+        description="pg: REINFORCE, coefficient A; ppo_clip: the clipped surrogate on "
+        "rho = exp(policy_log_probs - old_log_probs); gspo: the same on rho = exp((policy - "
+        "old) / sequence_lengths); cispo: coefficient clip(rho) * A, the clipped ratio held "
+        "constant.",
+    )
+    old_log_probs: OptionalNumbers = Field(
+        default=None,
+        description="B numbers: each sample's log-prob under the policy that sampled it. "
+        "Omitted, every ratio is 1. Sent, the KL in the reward is old_log_probs - "
+        "ref_log_probs.",
+    )
+    clip_eps_low: Annotated[float, Field(ge=0, lt=1)] = Field(
+        default=0.2, description="The ratio's lower clip bound is 1 - clip_eps_low."
+    )
+    clip_eps_high: NonNegative | None = Field(
+        default=None,
+        description="The ratio's upper clip bound is 1 + clip_eps_high; default clip_eps_low "
+        "(DAPO uses 0.28).",
+    )
+    dual_clip_c: Annotated[float, Field(gt=1)] | None = Field(
+        default=None,
+        description="Dual clip for ppo_clip and gspo: samples with A < 0 and rho > "
+        "dual_clip_c get no gradient (verl uses 3).",
+    )
+    log_ratio_clamp: Positive = Field(
+        default=20.0,
+        description="The log-ratio is clamped to [-log_ratio_clamp, log_ratio_clamp] before "
+        "exp; under ppo_clip and gspo a sample beyond it gets no policy gradient.",
+    )
+    sequence_lengths: Annotated[list[SequenceLength] | None, FailFast()] = Field(
+        default=None,
+        description="B integers >= 1: the number of tokens of each sample; gspo, the token "
+        "aggregations and opo need them.",
+    )
+    loss_agg: LossAgg | None = Field(
+        default=None,
+        description="How the per-sample terms add up: seq_mean (1/B; the default, "
+        "seq_mean_token_mean for gspo), sum (1), seq_mean_token_mean (1/(B L_i)), "
+        "token_mean (1/sum L), constant (1/loss_agg_constant).",
+    )
+    loss_agg_constant: Positive | None = Field(
+        default=None, description='The divisor of loss_agg "constant" (Dr. GRPO).'
+    )
+    kl_loss_coef: NonNegative = Field(
+        default=0.0,
+        description="Weight of a KL penalty in the loss, k(policy_log_probs - "
+        "ref_log_probs); 0: none.",
+    )
+    kl_loss_type: KlEstimatorName = Field(
+        default="k3", description="The estimator k of the KL in the loss: k1, k2, k3, abs."
+    )
+    kl_loss_clamp: Positive | None = Field(
+        default=None,
+        description="Clamp the KL in the loss to [-kl_loss_clamp, kl_loss_clamp], with no "
+        "gradient where it clamps (verl and OpenRLHF use 10).",
+    )
+    behavior_log_probs: OptionalNumbers = Field(
+        default=None,
+        description="B numbers: each sample's log-prob under the rollout engine, for "
+        "truncated importance sampling (with tis_mode).",
+    )
+    tis_mode: TisMode | None = Field(
+        default=None,
+        description="Truncated importance sampling: the policy term is multiplied by w = "
+        "exp(clamp(old - behavior, -20, 20)), truncated to [tis_min, tis_max] (truncate) or "
+        "set to 0 outside it (mask).",
+    )
+    tis_max: Positive = Field(default=2.0, description="The upper bound of the TIS weight.")
+    tis_min: NonNegative | None = Field(
+        default=None, description="The lower bound of the TIS weight, below tis_max; none."
+    )
+    tis_batch_normalize: bool = Field(
+        default=False,
+        description="Divide the TIS weights by their batch mean after truncation or masking.",
     )
 
     def to_options(self) -> UpdateOptions:
@@ -148,6 +281,62 @@ class UpdateStatsModel(BaseModel):
     )
     kl_estimates: KlEstimatesModel = Field(
         description="Batch means of k1, k2 and k3, whatever estimator the update used."
+    )
+    ratio_mean: float | None = Field(
+        default=None,
+        description="Mean of the importance ratios rho; this and the statistics down to "
+        "approx_kl_old only with a policy_loss other than pg.",
+    )
+    ratio_min: float | None = Field(default=None, description="Smallest rho (not with pg).")
+    ratio_max: float | None = Field(default=None, description="Largest rho (not with pg).")
+    clip_frac: float | None = Field(
+        default=None,
+        description="clip_frac_low + clip_frac_high; for cispo the fraction with rho != clip(rho).",
+    )
+    clip_frac_low: float | None = Field(
+        default=None, description="Fraction of samples with A < 0 and rho < 1 - clip_eps_low."
+    )
+    clip_frac_high: float | None = Field(
+        default=None, description="Fraction of samples with A > 0 and rho > 1 + clip_eps_high."
+    )
+    dual_clip_frac: float | None = Field(
+        default=None,
+        description="Fraction with A < 0 and rho > dual_clip_c; only with dual_clip_c.",
+    )
+    log_ratio_clamped_frac: float | None = Field(
+        default=None, description="Fraction whose log-ratio is beyond log_ratio_clamp."
+    )
+    active_frac: float | None = Field(
+        default=None,
+        description="Fraction whose policy-loss coefficient is not 0 (A = 0 is inactive).",
+    )
+    approx_kl_old: float | None = Field(
+        default=None, description="Mean of old_log_probs - policy_log_probs."
+    )
+    kl_loss_mean: float | None = Field(
+        default=None,
+        description="Mean of the KL estimate in the loss (after kl_loss_clamp); only with "
+        "kl_loss_coef > 0.",
+    )
+    tis_weight_mean: float | None = Field(
+        default=None,
+        description="Mean TIS weight after truncation or masking and normalisation; only "
+        "with tis_mode.",
+    )
+    tis_weight_min: float | None = Field(
+        default=None, description="Smallest TIS weight; only with tis_mode, as the ones below."
+    )
+    tis_weight_max: float | None = Field(default=None, description="Largest TIS weight.")
+    tis_truncated_frac: float | None = Field(
+        default=None, description="Fraction of TIS weights changed by tis_max or tis_min."
+    )
+    tis_masked_frac: float | None = Field(
+        default=None, description="Fraction of TIS weights set to 0 by tis_mode mask."
+    )
+    tis_ess: float | None = Field(
+        default=None,
+        description="Effective sample size of the TIS weights, 1 / mean((w / "
+        "mean w)^2), in (0, 1].",
     )
 
 

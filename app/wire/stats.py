@@ -5,20 +5,41 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any
 
-from ..core import KlEstimates, UpdateResult, UpdateStats
+from ..core import KlEstimates, RatioStats, TisStats, UpdateResult, UpdateStats
 
-__all__ = ["stats_as_dict"]
+__all__ = ["WIRE_STATS", "stats_as_dict"]
 
 
 def stats_as_dict(result: UpdateResult) -> dict[str, Any]:
-    """The stats as the wire shows them: `next_beta` only when adaptive KL computed one."""
+    """The stats as the wire shows them: one flat object, a statistic only when it is on.
+
+    `next_beta` only with adaptive KL, the ratio statistics only with a policy loss other
+    than "pg", `kl_loss_mean` only with a KL loss, the TIS ones only with `tis_mode`.
+    """
     stats = result.stats
-    wire = {name: getattr(stats, name) for name in _STATS_FIELDS}
-    wire["kl_estimates"] = {name: getattr(stats.kl_estimates, name) for name in _KL_FIELDS}
-    if wire["next_beta"] is None:
-        del wire["next_beta"]
+    wire: dict[str, Any] = {}
+    for name in _STATS_FIELDS:
+        value = getattr(stats, name)
+        if name == "kl_estimates":
+            wire[name] = {key: getattr(value, key) for key in _KL_FIELDS}
+        elif name in _GROUPS:
+            if value is not None:
+                wire.update(
+                    (key, item)
+                    for key in _GROUPS[name]
+                    if (item := getattr(value, key)) is not None
+                )
+        elif value is not None:
+            wire[name] = value
     return wire
 
 
 _STATS_FIELDS = tuple(field.name for field in fields(UpdateStats))
 _KL_FIELDS = tuple(field.name for field in fields(KlEstimates))
+# Groups of statistics that the wire shows flat, among the others.
+_GROUPS = {
+    "ratio": tuple(field.name for field in fields(RatioStats)),
+    "tis": tuple(field.name for field in fields(TisStats)),
+}
+# Every statistic the wire can show, in its order.
+WIRE_STATS = tuple(key for name in _STATS_FIELDS for key in _GROUPS.get(name, (name,)))

@@ -2,8 +2,10 @@
 
 Formats by suffix: `.npz`, `.safetensors`, `.json`, and `-` for JSON on stdin or stdout. An
 input holds the arrays under their /update names; `beta` and `lr` as 0-d entries; any other
-entry is an algorithm option (`group_ids` as an integer array; in a safetensors file the
-others as `__metadata__` strings, exactly as the service's binary request carries them).
+entry is an algorithm option (`group_ids` and `sequence_lengths` as integer arrays,
+`old_log_probs` and `behavior_log_probs` as float arrays; in a safetensors file the others
+as `__metadata__` strings, a `reward_clip` pair as JSON text such as `[-1, 2]`, exactly as
+the service's binary request carries them).
 """
 
 from __future__ import annotations

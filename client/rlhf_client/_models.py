@@ -20,6 +20,24 @@ _OPTIONAL_FLOATS = (
     "advantage_mean",
     "advantage_std",
     "next_beta",
+    # With a policy loss other than "pg", a KL loss, truncated importance sampling.
+    "ratio_mean",
+    "ratio_min",
+    "ratio_max",
+    "clip_frac",
+    "clip_frac_low",
+    "clip_frac_high",
+    "dual_clip_frac",
+    "log_ratio_clamped_frac",
+    "active_frac",
+    "approx_kl_old",
+    "kl_loss_mean",
+    "tis_weight_mean",
+    "tis_weight_min",
+    "tis_weight_max",
+    "tis_truncated_frac",
+    "tis_masked_frac",
+    "tis_ess",
 )
 
 
@@ -42,6 +60,23 @@ class UpdateStats:
     advantage_std: float | None = None
     clipped: bool | None = None
     next_beta: float | None = None
+    ratio_mean: float | None = None
+    ratio_min: float | None = None
+    ratio_max: float | None = None
+    clip_frac: float | None = None
+    clip_frac_low: float | None = None
+    clip_frac_high: float | None = None
+    dual_clip_frac: float | None = None
+    log_ratio_clamped_frac: float | None = None
+    active_frac: float | None = None
+    approx_kl_old: float | None = None
+    kl_loss_mean: float | None = None
+    tis_weight_mean: float | None = None
+    tis_weight_min: float | None = None
+    tis_weight_max: float | None = None
+    tis_truncated_frac: float | None = None
+    tis_masked_frac: float | None = None
+    tis_ess: float | None = None
     # An estimate is None when its batch mean overflows float64 (the server sends null).
     kl_estimates: Mapping[str, float | None] | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)

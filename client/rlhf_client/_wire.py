@@ -239,18 +239,36 @@ def _check_shapes(arrays: Mapping[str, NDArray[Any]]) -> None:
         raise ValueError(msg)
 
 
+# Options of one value per sample: integer ones and float ones. A safetensors request
+# carries them as tensors, the others as strings in __metadata__.
+_INTEGER_ARRAY_OPTIONS = ("group_ids", "sequence_lengths")
+_FLOAT_ARRAY_OPTIONS = ("old_log_probs", "behavior_log_probs")
+
+
 def _as_option(name: str, value: Any, batch: int) -> Any:
-    """An option as JSON would carry it: group_ids an int64 array of shape (B,), else a scalar."""
-    if name == "group_ids":
+    """An option as the request carries it: a per-sample option an array of shape (B,)
+    (int64, or float32/float64), any other a scalar or a list of numbers (a reward_clip
+    pair)."""
+    if name in _INTEGER_ARRAY_OPTIONS:
         ids = np.asarray(value)
         if ids.shape != (batch,) or ids.dtype.kind not in "iu":
-            msg = (
-                f"group_ids must be {batch} integers (= len(rewards)), got {ids.dtype} {ids.shape}"
-            )
+            msg = f"{name} must be {batch} integers (= len(rewards)), got {ids.dtype} {ids.shape}"
             raise ValueError(msg)
         return ids.astype(np.int64)
+    if name in _FLOAT_ARRAY_OPTIONS:
+        array = _as_float_array(name, value)
+        if array.shape != (batch,):
+            msg = f"{name} has shape {array.shape}; expected ({batch},) (= len(rewards))"
+            raise ValueError(msg)
+        return array
     if isinstance(value, np.generic):
         value = value.item()
+    if isinstance(value, np.ndarray | list | tuple):
+        numbers = np.asarray(value).tolist()
+        if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in numbers):
+            msg = f"option {name} must be a list of numbers, not {numbers!r}"
+            raise ValueError(msg)
+        return numbers
     if not isinstance(value, str | bool | int | float):
         msg = f"option {name} must be a string, number or boolean, not {type(value).__name__}"
         raise ValueError(msg)
@@ -278,7 +296,7 @@ def _encode_safetensors(
     metadata: dict[str, str] = {}
     for name, value in options.items():
         if isinstance(value, np.ndarray):
-            tensors[name] = value
+            tensors[name] = np.ascontiguousarray(value)
         else:
             metadata[name] = value if isinstance(value, str) else json.dumps(value)
     return save(tensors, metadata=metadata or None)

@@ -66,7 +66,8 @@ examples:
 
 The input holds weights, rewards, policy_log_probs, ref_log_probs and log_prob_grads under
 those names (.npz, .safetensors, .json, or - for JSON on stdin), beta and lr as 0-d entries
-unless given as flags (flags win), and any algorithm option (group_ids as an integer array).
+unless given as flags (flags win), and any algorithm option (group_ids, sequence_lengths as
+integer arrays; old_log_probs, behavior_log_probs as float arrays; reward_clip=[-1,2] a pair).
 The output holds `weights`; the stats go to stderr as one JSON line.
 """
 

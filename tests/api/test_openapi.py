@@ -70,11 +70,36 @@ def test_options_are_documented_with_their_allowed_values(client: TestClient) ->
     options = list(UpdateOptionsModel.model_fields)
     assert all(props[name]["description"] for name in options)
     assert not set(options) & set(schema["required"])
-    assert props["baseline"]["enum"] == ["none", "mean", "rloo", "grpo"]
+    assert props["baseline"]["enum"] == ["none", "mean", "rloo", "grpo", "reinforce_pp", "opo"]
     assert props["kl_estimator"]["enum"] == ["k1", "k2", "k3", "abs", "kl", "mse", "low_var_kl"]
-    for name in ("kl_clamp", "reward_clip", "max_grad_norm", "target_kl", "kl_horizon"):
+    assert props["grpo_scale"]["enum"] == ["std", "none", "batch"]
+    assert props["policy_loss"]["enum"] == ["pg", "ppo_clip", "gspo", "cispo"]
+    assert props["kl_loss_type"]["enum"] == ["k1", "k2", "k3", "abs"]
+    assert props["loss_agg"]["anyOf"][0]["enum"] == [
+        "seq_mean",
+        "sum",
+        "seq_mean_token_mean",
+        "token_mean",
+        "constant",
+    ]
+    assert props["tis_mode"]["anyOf"][0]["enum"] == ["truncate", "mask"]
+    positive = ("kl_clamp", "reward_clip", "max_grad_norm", "target_kl", "kl_horizon")
+    for name in (*positive, "loss_agg_constant", "kl_loss_clamp"):
         assert props[name]["anyOf"][0] == {"exclusiveMinimum": 0, "type": "number"}
-    assert props["group_ids"]["anyOf"][0]["items"]["type"] == "integer"
+    assert props["reward_clip"]["anyOf"][1] == {
+        "type": "array",
+        "items": {"type": "number"},
+        "minItems": 2,
+        "maxItems": 2,
+    }
+    assert props["dual_clip_c"]["anyOf"][0] == {"exclusiveMinimum": 1, "type": "number"}
+    assert props["clip_eps_low"]["minimum"] == 0
+    assert props["clip_eps_low"]["exclusiveMaximum"] == 1
+    for name in ("group_ids", "sequence_lengths"):
+        assert props[name]["anyOf"][0]["items"]["type"] == "integer"
+    assert props["sequence_lengths"]["anyOf"][0]["items"]["minimum"] == 1
+    for name in ("old_log_probs", "behavior_log_probs"):
+        assert props[name]["anyOf"][0]["items"]["type"] == "number"
 
 
 def test_kl_estimates_are_described(client: TestClient) -> None:
@@ -204,9 +229,11 @@ def test_the_safetensors_bodies_are_described_by_tensor_and_metadata_key(
     response = operation["responses"]["200"]["content"][binary]["schema"]
     assert request["format"] == response["format"] == "binary"
     layout = request["x-safetensors"]
+    per_sample = {"group_ids", "sequence_lengths", "old_log_probs", "behavior_log_probs"}
     assert layout["metadata"] == [
-        name for name in UpdateOptionsModel.model_fields if name != "group_ids"
+        name for name in UpdateOptionsModel.model_fields if name not in per_sample
     ]
+    assert {name for name, spec in layout["tensors"].items() if not spec["required"]} == per_sample
     for name in layout["metadata"]:
         assert name in request["description"]
     # A body built from the description alone, in its first listed dtype, is accepted.

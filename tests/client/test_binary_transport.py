@@ -87,3 +87,37 @@ def test_options_travel_in_safetensors(http: TestClient) -> None:
     assert by_binary.stats.clipped is True
     assert by_binary.stats == by_json.stats
     assert formats_served(http) == {"json": 1, "safetensors": 1}
+
+
+def test_policy_loss_options_give_the_same_answer_over_both_transports(http: TestClient) -> None:
+    weights, rewards, policy, ref, grads = batch(4, b=8)
+    rng = np.random.default_rng(4)
+    old = policy + 0.3 * rng.standard_normal(8)
+    options: dict[str, Any] = {
+        "policy_loss": "ppo_clip",
+        "old_log_probs": old,
+        "behavior_log_probs": old - 0.4 * rng.random(8),
+        "tis_mode": "mask",
+        "sequence_lengths": rng.integers(1, 30, 8),
+        "loss_agg": "token_mean",
+        "dual_clip_c": 2.0,
+        "kl_loss_coef": 0.1,
+        "baseline": "reinforce_pp",
+        "group_ids": np.repeat([0, 1], 4),
+        "reward_clip": [-0.5, 1.0],
+    }
+    with Client(http_client=http, transport="json") as as_json:
+        by_json = as_json.update(weights, rewards, policy, ref, grads, beta=0.1, lr=0.3, **options)
+    with Client(http_client=http, transport="safetensors") as as_binary:
+        by_binary = as_binary.update(
+            weights, rewards, policy, ref, grads, beta=0.1, lr=0.3, **options
+        )
+    np.testing.assert_array_equal(by_binary.weights, by_json.weights)
+    assert by_binary.stats == by_json.stats
+    stats = by_json.stats
+    assert stats.ratio_mean is not None
+    assert stats.active_frac is not None
+    assert stats.dual_clip_frac is not None
+    assert stats.kl_loss_mean is not None
+    assert stats.tis_ess is not None
+    assert stats.extra == {}

@@ -60,6 +60,29 @@ def test_json_round_trip_with_options(tmp_path: Path, capsys: pytest.CaptureFixt
     assert stats["clipped"] is False
 
 
+def test_npz_with_per_sample_options_and_a_reward_clip_pair(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source, target = tmp_path / "batch.npz", tmp_path / "new.json"
+    arrays = {**example_arrays(), "beta": np.array(1.0), "lr": np.array(0.1)}
+    entries: dict[str, Any] = {
+        **arrays,
+        "old_log_probs": np.array([-1.5, -1.5]),
+        "sequence_lengths": np.array([2, 3]),
+        "reward_clip": np.array([-0.5, 0.5]),
+    }
+    np.savez(source, **entries)
+    argv = ["update", "--in-process", "--in", str(source), "--out", str(target)]
+    assert main([*argv, "--option", "policy_loss=gspo"]) == 0
+    # Rewards clipped to 0.5, on-policy ratios 1, seq_mean_token_mean: each sample's
+    # gradient weighs 1 / (B L_i): w = 1 + 0.1 * 0.5 * (1/4 + 1/6) * [0.5, -0.5].
+    step = 0.1 * 0.5 * (1 / 4 + 1 / 6) * 0.5
+    assert json.loads(target.read_text())["weights"] == pytest.approx([1 + step, 1 - step])
+    stats = stats_line(capsys.readouterr().err)
+    assert stats["ratio_mean"] == 1.0
+    assert stats["reward_mean"] == 0.5
+
+
 def test_stdin_to_stdout(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -394,3 +394,78 @@ def test_a_malformed_safetensors_answer_is_a_response_error(sleeps: Sleeps, body
     with pytest.raises(APIResponseError, match="unreadable /update answer"):
         update(client)
     assert len(script.requests) == 1
+
+
+POLICY_OPTIONS: dict[str, Any] = {
+    "policy_loss": "gspo",
+    "old_log_probs": np.array([-1.25, -1.75], np.float32),
+    "behavior_log_probs": [-1.5, -1.5],
+    "sequence_lengths": np.array([3, 5], np.int32),
+    "clip_eps_low": 0.2,
+    "clip_eps_high": 0.28,
+    "dual_clip_c": 3.0,
+    "log_ratio_clamp": 10.0,
+    "loss_agg": "constant",
+    "loss_agg_constant": 16.0,
+    "kl_loss_coef": 0.01,
+    "kl_loss_type": "k2",
+    "kl_loss_clamp": 10.0,
+    "tis_mode": "truncate",
+    "tis_max": 2.0,
+    "tis_min": 0.5,
+    "tis_batch_normalize": True,
+    "reward_clip": (-1.0, 2.0),
+    "baseline": "opo",
+    "grpo_scale": "batch",
+}
+
+
+def test_policy_loss_options_travel_as_json_fields(sleeps: Sleeps) -> None:
+    client, script = scripted_client([answer(200)], sleeps, transport="json")
+    update(client, **POLICY_OPTIONS)
+    sent = json.loads(script.requests[0].content)
+    assert sent["old_log_probs"] == [-1.25, -1.75]
+    assert sent["behavior_log_probs"] == [-1.5, -1.5]
+    assert sent["sequence_lengths"] == [3, 5]
+    assert sent["reward_clip"] == [-1.0, 2.0]
+    scalars = {k: v for k, v in POLICY_OPTIONS.items() if isinstance(v, str | float | bool)}
+    assert {k: sent[k] for k in scalars} == scalars
+
+
+def test_policy_loss_options_travel_as_tensors_and_metadata(sleeps: Sleeps) -> None:
+    from rlhf_client._wire import read_safetensors_metadata
+    from safetensors.numpy import load
+
+    client, script = scripted_client([answer(200)], sleeps, transport="safetensors")
+    update(client, **POLICY_OPTIONS)
+    content = script.requests[0].content
+    tensors = load(content)
+    assert tensors["old_log_probs"].dtype == np.float32
+    assert tensors["old_log_probs"].tolist() == [-1.25, -1.75]
+    assert tensors["behavior_log_probs"].dtype == np.float64
+    assert tensors["sequence_lengths"].dtype == np.int64
+    assert tensors["sequence_lengths"].tolist() == [3, 5]
+    metadata = read_safetensors_metadata(content)
+    assert metadata["reward_clip"] == "[-1.0, 2.0]"
+    assert metadata["policy_loss"] == "gspo"
+    assert metadata["tis_batch_normalize"] == "true"
+    assert metadata["loss_agg_constant"] == "16.0"
+    assert set(metadata) | set(tensors) >= set(POLICY_OPTIONS)
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"old_log_probs": [0.0]}, r"old_log_probs has shape \(1,\); expected \(2,\)"),
+        ({"sequence_lengths": [1.5, 2.0]}, "sequence_lengths must be 2 integers"),
+        ({"behavior_log_probs": [0.0, np.nan]}, "behavior_log_probs"),
+        ({"reward_clip": [-1, "2"]}, "must be a list of numbers"),
+    ],
+)
+def test_per_sample_options_are_checked_before_sending(
+    sleeps: Sleeps, options: dict[str, Any], match: str
+) -> None:
+    client, script = scripted_client([answer(200)], sleeps)
+    with pytest.raises(ValueError, match=match):
+        update(client, **options)
+    assert script.requests == []

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save
 
-from app.errors import MalformedSafetensorsError
+from app.errors import InvalidPayloadError, MalformedSafetensorsError
 from app.wire.safetensors_codec import decode_request
 from tests.helpers.tensors import example_tensors
 
@@ -38,3 +38,51 @@ def test_safetensors_header_is_read_without_memfd_too(monkeypatch: pytest.Monkey
         assert np.array_equal(getattr(payload, field), tensors[field])
     with pytest.raises(MalformedSafetensorsError):
         decode_request(bytearray(b'\x08\x00\x00\x00\x00\x00\x00\x00{"a": 1}'))
+
+
+def test_per_sample_options_are_tensors_of_any_float_or_integer_dtype() -> None:
+    tensors = example_tensors() | {
+        "old_log_probs": np.array([-1.0, -2.0], np.float32),
+        "behavior_log_probs": np.array([-1.5, -2.5]),
+        "sequence_lengths": np.array([3, 4], np.uint16),
+        "group_ids": np.array([7, 7], np.int8),
+    }
+    payload = decode_request(bytearray(save(tensors, metadata={"reward_clip": "[-1, 2]"})))
+    options = payload.options
+    for name in ("old_log_probs", "behavior_log_probs", "sequence_lengths", "group_ids"):
+        value = getattr(options, name)
+        assert np.array_equal(value, tensors[name]), name
+        assert value.dtype == tensors[name].dtype
+    assert options.reward_clip == (-1.0, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("tensor", "value", "phrase"),
+    [
+        ("old_log_probs", np.array([1, 2]), "old_log_probs has dtype I64; expected F32 or F64"),
+        ("sequence_lengths", np.array([1.0, 2.0]), "expected an integer dtype"),
+    ],
+)
+def test_per_sample_tensors_of_the_wrong_kind_are_named(
+    tensor: str, value: np.ndarray, phrase: str
+) -> None:
+    with pytest.raises(InvalidPayloadError, match=phrase) as info:
+        decode_request(bytearray(save(example_tensors() | {tensor: value})))
+    assert info.value.problems[0].loc == (tensor,)
+
+
+@pytest.mark.parametrize(
+    ("key", "phrase"),
+    [
+        ("sequence_lengths", "send it as an integer tensor of shape (B,)"),
+        ("old_log_probs", "send it as a float tensor of shape (B,)"),
+        ("entropy_coef", "needs per-token data"),
+    ],
+)
+def test_per_sample_options_and_per_token_ones_are_refused_in_metadata(
+    key: str, phrase: str
+) -> None:
+    with pytest.raises(InvalidPayloadError) as info:
+        decode_request(bytearray(save(example_tensors(), metadata={key: "[1, 2]"})))
+    assert info.value.problems[0].loc == ("__metadata__", key)
+    assert phrase in info.value.problems[0].msg
