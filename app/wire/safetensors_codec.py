@@ -28,6 +28,7 @@ from safetensors.numpy import save
 
 from ..core import ARRAY_SHAPES, InputProblem, UpdateOptions, UpdateResult, shape_text
 from ..errors import InvalidPayloadError, MalformedSafetensorsError
+from .limits import check_element_count
 from .messages import describe_validation_error, did_you_mean, shorten
 from .payload import UpdatePayload
 from .schemas import UpdateOptionsModel
@@ -60,8 +61,12 @@ class _Tensor:
     shape: tuple[int, ...]
 
 
-def decode_request(body: bytearray) -> UpdatePayload:
-    """Validate a safetensors request body; the arrays are read-only views on `body`."""
+def decode_request(body: bytearray, max_elements: int | None = None) -> UpdatePayload:
+    """Validate a safetensors request body; the arrays are read-only views on `body`.
+
+    Raises `TooManyElementsError` when B*N + B + N exceeds `max_elements` (when given),
+    from the header's shapes.
+    """
     tensors, metadata, data_start = _read_header(body)
     by_name = {tensor.name: tensor for tensor in tensors}
     problems = [*_name_problems(by_name), *_dtype_problems(by_name)]
@@ -72,6 +77,13 @@ def decode_request(body: bytearray) -> UpdatePayload:
     ]
     if problems:
         raise InvalidPayloadError(problems)
+    if max_elements is not None:
+        # `prod`, not `shape[0]`: arrays of the wrong rank or shapes that disagree are
+        # counted as sent; the core rejects them with its own message once this passed.
+        batch_size, params, grads_size = (
+            math.prod(by_name[name].shape) for name in ("rewards", "weights", "log_prob_grads")
+        )
+        check_element_count(batch_size, params, grads_size, max_elements)
     views = _views(body, tensors, data_start)
     options = _options_from_binary(metadata, views.get(_GROUP_IDS))
     return UpdatePayload(
