@@ -52,7 +52,7 @@ _UPDATE_OPENAPI: dict[str, Any] = {
                     "type": "string",
                     "format": "binary",
                     "description": "A safetensors file with tensors weights, rewards, "
-                    "policy_log_probs, ref_log_probs, log_prob_grads (F32 or F64) and "
+                    "policy_log_probs, ref_log_probs, log_prob_grads (F64, F32, F16 or BF16) and "
                     "scalar tensors beta and lr.",
                 }
             },

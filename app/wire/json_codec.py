@@ -46,6 +46,8 @@ _MATRIX = "log_prob_grads"
 # Arrays longer than this are parsed piece by piece (see `_floats`).
 _PIECE_BYTES = 1 << 20
 _SCALARS = ("beta", "lr")
+# The narrowest float orjson prints itself (as its shortest round trip).
+_SHORTEST_PRINTED = np.dtype(np.float32)
 
 
 class _FastArrays(msgspec.Struct, forbid_unknown_fields=True):
@@ -281,6 +283,13 @@ def _fast_options(request: object) -> UpdateOptions | None:
 
 
 def encode_response(result: UpdateResult) -> bytes:
-    """Serialise straight from the float64 buffer; floats print as their shortest round trip."""
-    body = {"weights": result.weights, "stats": stats_as_dict(result)}
+    """Serialise straight from the float64 buffer; floats print as their shortest round trip.
+
+    float32 weights print as float32's shortest decimals; half-precision ones (from a binary
+    request) are widened to float64 first, exactly, as orjson knows no bfloat16.
+    """
+    weights = result.weights
+    if weights.dtype.itemsize < _SHORTEST_PRINTED.itemsize:
+        weights = weights.astype(np.float64)
+    body = {"weights": weights, "stats": stats_as_dict(result)}
     return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 import orjson
 from numpy.typing import NDArray
@@ -41,8 +42,16 @@ _GROUP_IDS = "group_ids"
 _TENSORS = (*ARRAY_SHAPES, *_SCALARS)
 # Every option but group_ids travels as a string in __metadata__.
 _METADATA_OPTIONS = tuple(name for name in UpdateOptionsModel.model_fields if name != _GROUP_IDS)
-# Little-endian, as the format stores them; the integer ones are for group_ids.
-_FLOATS: dict[str, np.dtype[Any]] = {"F64": np.dtype("<f8"), "F32": np.dtype("<f4")}
+# Little-endian, as the format stores them; the integer ones are for group_ids. NumPy has
+# no bfloat16: ml_dtypes' (the upper half of a float32's bits) widens exactly to float64
+# and rounds float64 to nearest, ties to even, as NumPy's own casts do.
+_FLOATS: dict[str, np.dtype[Any]] = {
+    "F64": np.dtype("<f8"),
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+}
+_FLOAT_CODES = ", ".join(_FLOATS)
 _INTEGERS: dict[str, np.dtype[Any]] = {
     code: np.dtype(f"<{kind}{size}")
     for kind, prefix in (("i", "I"), ("u", "U"))
@@ -99,7 +108,8 @@ def decode_request(body: bytearray, max_elements: int | None = None) -> UpdatePa
 
 
 def encode_response(result: UpdateResult) -> bytes:
-    """One tensor `weights` in the dtype of the result; the stats as JSON in the metadata."""
+    """One tensor `weights` in the dtype of the result (the request's weights' dtype, BF16
+    included); the stats as JSON in the metadata."""
     stats = orjson.dumps(stats_as_dict(result)).decode()
     return save({"weights": result.weights}, metadata={"stats": stats})
 
@@ -210,7 +220,7 @@ def _name_problems(by_name: dict[str, _Tensor]) -> list[InputProblem]:
 
 def _dtype_problems(by_name: dict[str, _Tensor]) -> list[InputProblem]:
     problems = [
-        InputProblem((name,), f"{name} has dtype {tensor.dtype}; expected F32 or F64")
+        InputProblem((name,), f"{name} has dtype {tensor.dtype}; expected one of {_FLOAT_CODES}")
         for name, tensor in by_name.items()
         if name in _TENSORS and tensor.dtype not in _FLOATS
     ]
@@ -241,8 +251,8 @@ def _views(body: bytearray, tensors: list[_Tensor], data_start: int) -> dict[str
 
 def _expected_tensor(name: str) -> str:
     if name in _SCALARS:
-        return "a scalar tensor (shape () or (1,)), dtype F32 or F64"
-    return f"a tensor of shape {shape_text(name)}, dtype F32 or F64"
+        return f"a scalar tensor (shape () or (1,)), dtype one of {_FLOAT_CODES}"
+    return f"a tensor of shape {shape_text(name)}, dtype one of {_FLOAT_CODES}"
 
 
 def _expected() -> str:
