@@ -40,10 +40,11 @@ from .stats import stats_as_dict
 __all__ = ["decode_fast", "decode_request", "encode_response"]
 
 _OPTIONS = tuple(UpdateOptionsModel.model_fields)
-# The 1-D arrays of the request, in the order the fast path reads them; one name each.
+# The 1-D arrays of the request, in the order the fast path reads them; one name each (an
+# UpdatePayload field of the same name receives it, on both paths).
 _VECTORS = ("weights", "rewards", "policy_log_probs", "ref_log_probs")
 _MATRIX = "log_prob_grads"
-# Arrays longer than this are parsed piece by piece (see `_floats`).
+# Arrays longer than this are parsed piece by piece (see `_pieces`).
 _PIECE_BYTES = 1 << 20
 _SCALARS = ("beta", "lr")
 # The narrowest float orjson prints itself (as its shortest round trip).
@@ -250,16 +251,9 @@ def _payload(
     beta, lr = (cast(float, getattr(request, name)) for name in _SCALARS)
     if vectors["weights"].size == 0 or vectors["rewards"].size == 0 or beta < 0 or lr < 0:
         return None
-    return UpdatePayload(
-        weights=vectors["weights"],
-        rewards=vectors["rewards"],
-        policy_log_probs=vectors["policy_log_probs"],
-        ref_log_probs=vectors["ref_log_probs"],
-        log_prob_grads=grads,
-        beta=beta,
-        lr=lr,
-        options=options,
-    )
+    # Each vector by its name: a name added to _VECTORS reaches the payload field of that name.
+    arrays: dict[str, Any] = vectors
+    return UpdatePayload(**arrays, log_prob_grads=grads, beta=beta, lr=lr, options=options)
 
 
 def _matrix(rows: list[list[float]], n: int) -> NDArray[np.float64]:
