@@ -57,7 +57,7 @@ SAFETENSORS = "application/x-safetensors"
 # (B, N, formats, rounds, zeros): 1 M floats as JSON and safetensors, 16 M as safetensors
 # (134 MB), and a 60 MB JSON body of zeros (`0.0`, the shortest literal orjson writes).
 SIZES = [
-    (64, 16384, ("json", "safetensors"), 10, False),
+    (64, 16384, ("json", "safetensors"), 30, False),
     (256, 65536, ("safetensors",), 5, False),
     (64, 234375, ("json",), 3, True),
 ]
