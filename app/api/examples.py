@@ -18,12 +18,12 @@ from ..core import UpdateError
 from ..errors import BodyTooLargeError, ProblemError
 from ..settings import Settings
 from ..wire import CODECS
+from ..wire.limits import check_element_count
 from ..wire.media import wire_format
 from ..wire.schemas import REFERENCE_EXAMPLE
 from .auth import verify_bearer_token
 from .body import body_timeout
 from .gate import ConcurrencyGate
-from .limits import check_element_count
 from .problems import as_problem
 
 __all__ = ["ok_example", "problem_examples"]

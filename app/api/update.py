@@ -28,7 +28,6 @@ from ..wire.schemas import REFERENCE_EXAMPLE, UpdateRequest, UpdateResponse
 from .body import UploadBudget, read_body
 from .examples import ok_example, problem_examples
 from .gate import ConcurrencyGate
-from .limits import check_element_count
 from .problems import PROBLEM_MEDIA_TYPE, problem_doc, problem_examples_doc
 
 __all__ = ["document_examples", "install_update_route"]
@@ -226,13 +225,11 @@ def _decoded(
     body: bytearray, request_format: WireFormat, max_elements: int, context: RequestContext
 ) -> UpdatePayload:
     """The payload of a body, once its size is known to be within RLHF_MAX_ELEMENTS."""
+    # The decoder checks RLHF_MAX_ELEMENTS as soon as it knows the shapes, before it
+    # builds the arrays of a JSON body or lays views on a binary one.
     with context.stage("decode"):
-        payload = CODECS[request_format].decode_request(body)
-    # `size`, not `shape[0]`: a binary body may carry arrays of the wrong rank or shapes
-    # that disagree, which the core rejects with its own message once this check passed.
-    batch_size, params = payload.rewards.size, payload.weights.size
-    context.record_shape(batch_size, params)
-    check_element_count(batch_size, params, payload.log_prob_grads.size, max_elements)
+        payload = CODECS[request_format].decode_request(body, max_elements)
+    context.record_shape(payload.rewards.size, payload.weights.size)
     return payload
 
 

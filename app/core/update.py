@@ -301,7 +301,10 @@ def _kl_estimate_mean(log_ratio: FloatArray, estimator: KlEstimatorName) -> floa
 
 
 def in_weights_dtype(result: UpdateResult, dtype: np.dtype[np.floating[Any]]) -> UpdateResult:
-    """Cast the float64 result to the dtype the weights came in (float32 or float64).
+    """Cast the float64 result to the dtype the weights came in.
+
+    float64, float32, float16, or ml_dtypes' bfloat16 (a binary body's BF16): each new
+    weight is rounded once, from float64, to nearest with ties to even.
 
     Parameters
     ----------
@@ -323,7 +326,7 @@ def in_weights_dtype(result: UpdateResult, dtype: np.dtype[np.floating[Any]]) ->
     if dtype == result.weights.dtype:
         return result
     with np.errstate(over="ignore", invalid="ignore"):
-        weights: NDArray[np.float32] = result.weights.astype(dtype)
+        weights: NDArray[Any] = result.weights.astype(dtype)
         index = first_non_finite(weights)
     if index is not None:
         i = index[0]

@@ -21,7 +21,9 @@ __all__ = ["CODECS", "Codec"]
 class Codec(Protocol):
     """What a wire format module offers."""
 
-    def decode_request(self, body: bytearray, /) -> UpdatePayload: ...
+    def decode_request(self, body: bytearray, max_elements: int | None = ..., /) -> UpdatePayload:
+        """Decode `body`; 413 when B*N + B + N exceeds `max_elements` (when given)."""
+        ...
 
     def encode_response(self, result: UpdateResult, /) -> bytes: ...
 

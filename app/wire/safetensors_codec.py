@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 import orjson
 from numpy.typing import NDArray
@@ -34,6 +35,7 @@ from ..core.options import (
     per_token_message,
 )
 from ..errors import InvalidPayloadError, MalformedSafetensorsError
+from .limits import check_element_count
 from .messages import describe_validation_error, did_you_mean, shorten
 from .payload import UpdatePayload
 from .schemas import UpdateOptionsModel
@@ -52,7 +54,15 @@ _METADATA_OPTIONS = tuple(
 # Metadata options whose string may be JSON text for an array, e.g. "[-1, 2]".
 _JSON_TEXT_OPTIONS = ("reward_clip",)
 # Little-endian, as the format stores them; the integer ones are for the integer options.
-_FLOATS: dict[str, np.dtype[Any]] = {"F64": np.dtype("<f8"), "F32": np.dtype("<f4")}
+# NumPy has no bfloat16: ml_dtypes' (the upper half of a float32's bits) widens exactly to
+# float64 and rounds float64 to nearest, ties to even, as NumPy's own casts do.
+_FLOATS: dict[str, np.dtype[Any]] = {
+    "F64": np.dtype("<f8"),
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+}
+_FLOAT_CODES = ", ".join(_FLOATS)
 _INTEGERS: dict[str, np.dtype[Any]] = {
     code: np.dtype(f"<{kind}{size}")
     for kind, prefix in (("i", "I"), ("u", "U"))
@@ -74,8 +84,12 @@ class _Tensor:
     shape: tuple[int, ...]
 
 
-def decode_request(body: bytearray) -> UpdatePayload:
-    """Validate a safetensors request body; the arrays are read-only views on `body`."""
+def decode_request(body: bytearray, max_elements: int | None = None) -> UpdatePayload:
+    """Validate a safetensors request body; the arrays are read-only views on `body`.
+
+    Raises `TooManyElementsError` when B*N + B + N exceeds `max_elements` (when given),
+    from the header's shapes.
+    """
     tensors, metadata, data_start = _read_header(body)
     by_name = {tensor.name: tensor for tensor in tensors}
     problems = [*_name_problems(by_name), *_dtype_problems(by_name)]
@@ -86,6 +100,13 @@ def decode_request(body: bytearray) -> UpdatePayload:
     ]
     if problems:
         raise InvalidPayloadError(problems)
+    if max_elements is not None:
+        # `prod`, not `shape[0]`: arrays of the wrong rank or shapes that disagree are
+        # counted as sent; the core rejects them with its own message once this passed.
+        batch_size, params, grads_size = (
+            math.prod(by_name[name].shape) for name in ("rewards", "weights", "log_prob_grads")
+        )
+        check_element_count(batch_size, params, grads_size, max_elements)
     views = _views(body, tensors, data_start)
     options = _options_from_binary(
         metadata, {name: views[name] for name in _OPTION_TENSORS if name in views}
@@ -103,7 +124,8 @@ def decode_request(body: bytearray) -> UpdatePayload:
 
 
 def encode_response(result: UpdateResult) -> bytes:
-    """One tensor `weights` in the dtype of the result; the stats as JSON in the metadata."""
+    """One tensor `weights` in the dtype of the result (the request's weights' dtype, BF16
+    included); the stats as JSON in the metadata."""
     stats = orjson.dumps(stats_as_dict(result)).decode()
     return save({_ANSWER_TENSOR: result.weights}, metadata={_STATS_KEY: stats})
 
@@ -259,7 +281,7 @@ def _name_problems(by_name: dict[str, _Tensor]) -> list[InputProblem]:
 
 def _dtype_problems(by_name: dict[str, _Tensor]) -> list[InputProblem]:
     problems = [
-        InputProblem((name,), f"{name} has dtype {tensor.dtype}; expected F32 or F64")
+        InputProblem((name,), f"{name} has dtype {tensor.dtype}; expected one of {_FLOAT_CODES}")
         for name, tensor in by_name.items()
         if name in _TENSORS and tensor.dtype not in _FLOATS
     ]
@@ -272,7 +294,9 @@ def _dtype_problems(by_name: dict[str, _Tensor]) -> list[InputProblem]:
         tensor = by_name.get(name)
         if tensor is not None and tensor.dtype not in _FLOATS:
             problems.append(
-                InputProblem((name,), f"{name} has dtype {tensor.dtype}; expected F32 or F64")
+                InputProblem(
+                    (name,), f"{name} has dtype {tensor.dtype}; expected one of {_FLOAT_CODES}"
+                )
             )
     return problems
 
@@ -297,8 +321,8 @@ def _views(body: bytearray, tensors: list[_Tensor], data_start: int) -> dict[str
 
 def _expected_tensor(name: str) -> str:
     if name in _SCALARS:
-        return "a scalar tensor (shape () or (1,)), dtype F32 or F64"
-    return f"a tensor of shape {shape_text(name)}, dtype F32 or F64"
+        return f"a scalar tensor (shape () or (1,)), dtype one of {_FLOAT_CODES}"
+    return f"a tensor of shape {shape_text(name)}, dtype one of {_FLOAT_CODES}"
 
 
 def _expected() -> str:

@@ -20,11 +20,13 @@ from rlhf_client._wire import (
     REQUEST_ID_HEADER,
     PreparedUpdate,
     TransportName,
+    WireDtype,
     check_update_arrays,
     decode_json_object,
     decode_update_response,
     encode_update,
     has_safetensors,
+    in_wire_dtype,
     raise_for_status,
 )
 
@@ -90,10 +92,21 @@ class _BaseClient:
         lr: float,
         options: Mapping[str, Any],
         *,
+        dtype: WireDtype | None = None,
         json_only: bool = False,
     ) -> PreparedUpdate:
         named = check_update_arrays(arrays)
-        binary = not json_only and self._wants_binary(named["log_prob_grads"].size)
+        if dtype is not None:
+            named = in_wire_dtype(named, dtype)
+        # Half precision has no JSON form: such arrays always travel as safetensors.
+        half = any(a.dtype.itemsize < 4 for a in named.values())
+        if half and (self.transport == "json" or not has_safetensors()):
+            msg = (
+                f"dtype={dtype!r} travels only as safetensors: use transport='auto' or "
+                "'safetensors', with safetensors installed (pip install 'rlhf-update[binary]')"
+            )
+            raise ValueError(msg)
+        binary = half or (not json_only and self._wants_binary(named["log_prob_grads"].size))
         return encode_update(named, beta=beta, lr=lr, options=options, binary=binary)
 
     def _wants_binary(self, size: int) -> bool:
@@ -189,14 +202,21 @@ class Client(_BaseClient):
         lr: float,
         timeout: Timeout | None = None,
         request_id: str | None = None,
+        dtype: WireDtype | None = None,
         **options: Any,
     ) -> UpdateResult:
-        """Apply one update; `options` are the service's algorithm options (`baseline=...`)."""
+        """Apply one update; `options` are the service's algorithm options (`baseline=...`).
+
+        `dtype` ("float64", "float32", "float16" or "bfloat16") sends every array in that
+        dtype, rounded to nearest; the new weights come back in it (half precision always
+        travels as safetensors). By default float32 arrays travel as float32, the rest as
+        float64.
+        """
         arrays = (weights, rewards, policy_log_probs, ref_log_probs, log_prob_grads)
-        prepared = self._prepare(arrays, beta, lr, options)
+        prepared = self._prepare(arrays, beta, lr, options, dtype=dtype)
         response = self._post_update(prepared, timeout, request_id)
         if self._should_resend_as_json(prepared, response):
-            prepared = self._prepare(arrays, beta, lr, options, json_only=True)
+            prepared = self._prepare(arrays, beta, lr, options, dtype=dtype, json_only=True)
             response = self._post_update(prepared, timeout, request_id)
         return decode_update_response(response, prepared)
 
@@ -298,14 +318,21 @@ class AsyncClient(_BaseClient):
         lr: float,
         timeout: Timeout | None = None,
         request_id: str | None = None,
+        dtype: WireDtype | None = None,
         **options: Any,
     ) -> UpdateResult:
-        """Apply one update; `options` are the service's algorithm options (`baseline=...`)."""
+        """Apply one update; `options` are the service's algorithm options (`baseline=...`).
+
+        `dtype` ("float64", "float32", "float16" or "bfloat16") sends every array in that
+        dtype, rounded to nearest; the new weights come back in it (half precision always
+        travels as safetensors). By default float32 arrays travel as float32, the rest as
+        float64.
+        """
         arrays = (weights, rewards, policy_log_probs, ref_log_probs, log_prob_grads)
-        prepared = self._prepare(arrays, beta, lr, options)
+        prepared = self._prepare(arrays, beta, lr, options, dtype=dtype)
         response = await self._post_update(prepared, timeout, request_id)
         if self._should_resend_as_json(prepared, response):
-            prepared = self._prepare(arrays, beta, lr, options, json_only=True)
+            prepared = self._prepare(arrays, beta, lr, options, dtype=dtype, json_only=True)
             response = await self._post_update(prepared, timeout, request_id)
         return decode_update_response(response, prepared)
 

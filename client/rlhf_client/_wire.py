@@ -27,11 +27,13 @@ __all__ = [
     "SAFETENSORS_MEDIA_TYPE",
     "PreparedUpdate",
     "TransportName",
+    "WireDtype",
     "check_update_arrays",
     "decode_json_object",
     "decode_update_response",
     "encode_update",
     "has_safetensors",
+    "in_wire_dtype",
     "raise_for_status",
     "read_safetensors_metadata",
     "request_id_of",
@@ -42,6 +44,8 @@ SAFETENSORS_MEDIA_TYPE = "application/x-safetensors"
 REQUEST_ID_HEADER = "X-Request-ID"
 
 TransportName = Literal["auto", "json", "safetensors"]
+# The dtypes an update's arrays can travel in; bfloat16 is ml_dtypes' (the [binary] extra).
+WireDtype = Literal["float64", "float32", "float16", "bfloat16"]
 # The five arrays of an update, in the order of the service's signature.
 ARRAY_NAMES = ("weights", "rewards", "policy_log_probs", "ref_log_probs", "log_prob_grads")
 
@@ -75,6 +79,39 @@ def check_update_arrays(arrays: Sequence[ArrayLike]) -> dict[str, NDArray[np.flo
     }
     _check_shapes(named)
     return named
+
+
+def in_wire_dtype(
+    arrays: Mapping[str, NDArray[np.floating[Any]]], dtype: WireDtype
+) -> dict[str, NDArray[np.floating[Any]]]:
+    """The checked arrays rounded to `dtype`; ValueError naming a value beyond its range."""
+    wire = _numpy_dtype(dtype)
+    cast = {}
+    for name, array in arrays.items():
+        with np.errstate(over="ignore"):
+            rounded = array.astype(wire)
+        if not np.isfinite(rounded).all():
+            bad = tuple(np.argwhere(~np.isfinite(rounded))[0])
+            where = "".join(f"[{i}]" for i in bad)
+            msg = f"{name}{where} is {array[bad]}, beyond the range of {dtype}"
+            raise ValueError(msg)
+        cast[name] = rounded
+    return cast
+
+
+def _numpy_dtype(dtype: str) -> np.dtype[Any]:
+    if dtype == "bfloat16":
+        try:
+            import ml_dtypes
+        except ImportError:
+            msg = "dtype='bfloat16' needs ml_dtypes: pip install 'rlhf-update[binary]'"
+            raise ImportError(msg) from None
+        bfloat16: np.dtype[Any] = np.dtype(ml_dtypes.bfloat16)
+        return bfloat16
+    if dtype not in ("float64", "float32", "float16"):
+        msg = f"dtype must be 'float64', 'float32', 'float16' or 'bfloat16', not {dtype!r}"
+        raise ValueError(msg)
+    return np.dtype(dtype)
 
 
 def encode_update(
@@ -308,6 +345,11 @@ def _decode_safetensors(data: bytes) -> tuple[NDArray[Any], Mapping[str, Any]]:
 
     try:
         stats = json.loads(read_safetensors_metadata(data)["stats"])
+        header_size = int.from_bytes(data[:8], "little")
+        if json.loads(data[8 : 8 + header_size])["weights"]["dtype"] == "BF16":
+            # safetensors' NumPy reader knows no bfloat16: the one tensor's bytes as is.
+            weights = np.frombuffer(data, _numpy_dtype("bfloat16"), offset=8 + header_size)
+            return weights.copy(), stats
         return np.array(load(data)["weights"]), stats
     except (SafetensorError, AttributeError, UnicodeDecodeError) as exc:
         # Not a safetensors file, or a header that is not a JSON object.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -121,3 +122,37 @@ def test_policy_loss_options_give_the_same_answer_over_both_transports(http: Tes
     assert stats.kl_loss_mean is not None
     assert stats.tis_ess is not None
     assert stats.extra == {}
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_is_sent_when_asked_and_comes_back_in_it(
+    http: TestClient, dtype: str
+) -> None:
+    arrays = batch(4)
+    wire = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(np.float16)
+    with Client(http_client=http) as client:  # "auto" would send this small batch as JSON
+        result = client.update(*arrays, beta=0.1, lr=0.3, dtype=dtype)  # type: ignore[arg-type]
+    assert formats_served(http) == {"json": 0, "safetensors": 1}
+    assert result.weights.dtype == wire
+    # The server's answer to the rounded arrays, as float64, rounded once to the dtype.
+    rounded = [a.astype(wire).astype(np.float64) for a in arrays]
+    with Client(http_client=http, transport="json") as as_json:
+        expected = as_json.update(*rounded, beta=0.1, lr=0.3)
+    assert result.weights.tobytes() == expected.weights.astype(wire).tobytes()
+    assert result.stats == expected.stats
+
+
+def test_a_value_beyond_the_half_range_is_refused_before_sending(http: TestClient) -> None:
+    weights, *rest = batch(5)
+    weights[3] = 1e5  # float16 ends at 65504
+    with Client(http_client=http) as client, pytest.raises(ValueError, match=r"weights\[3\]"):
+        client.update(weights, *rest, beta=0.1, lr=0.3, dtype="float16")
+    assert formats_served(http) == {"json": 0, "safetensors": 0}
+
+
+def test_half_precision_has_no_json_form(http: TestClient) -> None:
+    with (
+        Client(http_client=http, transport="json") as client,
+        pytest.raises(ValueError, match="safetensors"),
+    ):
+        client.update(*batch(6), beta=0.1, lr=0.3, dtype="bfloat16")

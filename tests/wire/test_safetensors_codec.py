@@ -59,7 +59,11 @@ def test_per_sample_options_are_tensors_of_any_float_or_integer_dtype() -> None:
 @pytest.mark.parametrize(
     ("tensor", "value", "phrase"),
     [
-        ("old_log_probs", np.array([1, 2]), "old_log_probs has dtype I64; expected F32 or F64"),
+        (
+            "old_log_probs",
+            np.array([1, 2]),
+            "old_log_probs has dtype I64; expected one of F64, F32, F16, BF16",
+        ),
         ("sequence_lengths", np.array([1.0, 2.0]), "expected an integer dtype"),
     ],
 )

@@ -1,10 +1,10 @@
 """The size limit on an update's arrays, shared by every wire format.
 
 RLHF_MAX_BODY_SIZE is the first line of defence: a larger body is refused before it is
-read. `check_element_count` is the second, on the shapes: /update calls it once the body is
-decoded and before any computing. The binary decoder only validates the header and lays
-views on the body, so nothing of the update's size has been allocated by then (not even
-the float64 copy of float32 gradients); JSON's B and N are only known once it is parsed.
+read. `check_element_count` is the second, on the shapes: each decoder calls it as soon as
+it knows them. The binary decoder reads them from the header, before it lays views on the
+body; the JSON decoder counts the arrays and rows msgspec found in the body's structure,
+before it parses or allocates the gradient matrix.
 """
 
 from __future__ import annotations

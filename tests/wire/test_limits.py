@@ -9,10 +9,10 @@ import pytest
 from fastapi.testclient import TestClient
 from safetensors.numpy import save
 
-from app.api.limits import check_element_count
 from app.errors import TooManyElementsError
 from app.main import create_app
 from app.settings import Settings
+from app.wire.limits import check_element_count
 from tests.helpers.tensors import BINARY, example_tensors
 
 

@@ -1,0 +1,69 @@
+"""A JSON body's peak memory, measured in a fresh process (Linux: VmHWM after clear_refs).
+
+Zeros as `0.0` are the shortest float literals orjson writes (4 bytes with their comma),
+the worst case for the numbers' share: their float64 arrays alone are 2x the body.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+SCRIPT = """
+import sys
+import numpy as np, orjson
+from app.errors import TooManyElementsError
+from app.wire.json_codec import decode_request
+
+b, n = 64, 78_125
+body = bytearray(orjson.dumps(
+    {"weights": np.zeros(n), "rewards": np.zeros(b), "policy_log_probs": np.zeros(b),
+     "ref_log_probs": np.zeros(b), "log_prob_grads": np.zeros((b, n)), "beta": 0.1, "lr": 0.1},
+    option=orjson.OPT_SERIALIZE_NUMPY,
+))
+
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+def growth(decode):
+    open("/proc/self/clear_refs", "w").write("5")
+    before = status("VmRSS")
+    result = decode()
+    return (status("VmHWM") - before) / len(body), result
+
+def refused():
+    try:
+        decode_request(body, 1000)
+    except TooManyElementsError:
+        return "refused"
+    return "accepted"
+
+limited, outcome = growth(refused)
+whole, payload = growth(lambda: decode_request(body, None))
+print(len(body), limited, outcome, whole, payload.log_prob_grads.shape)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux /proc only")
+def test_a_json_body_of_zeros_grows_the_process_by_at_most_3x_and_over_the_limit_by_little() -> (
+    None
+):
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    size, limited, outcome, whole = int(out[0]), float(out[1]), out[2], float(out[3])
+    assert size > 20_000_000
+    assert outcome == "refused"
+    # Over RLHF_MAX_ELEMENTS: refused from the structure; the matrix is never built (its
+    # float64 values would be 2x the body).
+    assert limited < 0.25
+    assert whole <= 3.0

@@ -1,0 +1,219 @@
+"""The JSON fast path: numbers straight into float64 buffers, exactly as Python reads them.
+
+The reference is independent of every decoder under test: Python's `float()` of each
+literal as written (for an integer literal, `float(int(literal))`: JSON's `-0` is the
+integer 0, and every path of the service, like msgspec and Pydantic, reads it as 0.0).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from app.errors import InvalidPayloadError, TooManyElementsError
+from app.wire.json_codec import decode_fast, decode_request
+
+# The length above which an array is parsed in pieces is 1 MiB of text.
+PIECE_BYTES = 1 << 20
+
+
+def reference(literal: str) -> float:
+    """Python's own reading of one JSON number literal."""
+    is_integer = not any(c in literal for c in ".eE")
+    return float(int(literal)) if is_integer else float(literal)
+
+
+def bits(values: list[float]) -> bytes:
+    return struct.pack(f"<{len(values)}d", *values)
+
+
+def body_of(weights: str, rows: list[str] | None = None, /, **fields: str) -> bytes:
+    """A request body with `weights` (a JSON array, as text) and rows of the same length."""
+    rows = rows if rows is not None else [weights, weights]
+    parts = {
+        "weights": weights,
+        "rewards": "[" + ",".join(["1"] * len(rows)) + "]",
+        "policy_log_probs": "[" + ",".join(["-1"] * len(rows)) + "]",
+        "ref_log_probs": "[" + ",".join(["-1.5"] * len(rows)) + "]",
+        "log_prob_grads": "[" + ",".join(rows) + "]",
+        "beta": "0.5",
+        "lr": "0",
+    } | fields
+    return ("{" + ",".join(f'"{k}": {v}' for k, v in parts.items()) + "}").encode()
+
+
+CORPUS = [
+    "0",
+    "-0",
+    "0.0",
+    "-0.0",
+    "-0e0",
+    "5e-324",  # the smallest subnormal
+    "-4.9406564584124654e-324",
+    "2.2250738585072009e-308",  # the largest subnormal
+    "2.2250738585072014e-308",  # the smallest normal
+    "1.7976931348623157e308",  # the largest float64
+    "-1.7976931348623157e308",
+    "1.7976931348623158e308",  # rounds down to the largest float64
+    "2.4703282292062328e-324",  # just above half the smallest subnormal: rounds up
+    "2.4703282292062327e-324",  # just below: rounds to zero
+    "9007199254740993",  # 2**53 + 1: an integer float64 cannot hold, rounded to even
+    "9223372036854775807",  # the largest int64
+    "-9223372036854775808",  # the smallest int64
+    "18446744073709551615",  # the largest uint64
+    "0.1",
+    "1E+2",
+    "1e-400",  # underflows to 0
+    "123456789012345678901234567890e-10",
+    "0.30000000000000004",
+    "1." + "0" * 30 + "1",
+]
+
+
+def test_the_corpus_takes_the_fast_path_and_reads_as_python_does() -> None:
+    weights = "[" + ", ".join(CORPUS) + "]"
+    payload = decode_fast(body_of(weights), None)
+    assert payload is not None
+    expected = bits([reference(literal) for literal in CORPUS])
+    assert payload.weights.tobytes() == expected
+    assert payload.log_prob_grads.shape == (2, len(CORPUS))
+    assert payload.log_prob_grads[1].tobytes() == expected
+    assert payload.log_prob_grads.dtype == np.float64
+
+
+literal = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+    st.integers(-(2**63), 2**64 - 1).map(str),
+    st.builds(
+        lambda sign, digits, fraction, exponent: f"{sign}{digits}{fraction}e{exponent}",
+        st.sampled_from(["", "-"]),
+        st.integers(0, 10**25).map(str),
+        st.sampled_from(["", ".5", ".000123", ".9999999999999999"]),
+        st.integers(-340, 310),
+    ),
+)
+
+
+@settings(deadline=None)  # no wall-clock limit on a shared machine
+@given(literals=st.lists(literal, min_size=1, max_size=30))
+def test_any_literal_reads_as_python_reads_it(literals: list[str]) -> None:
+    expected = [reference(text) for text in literals]
+    finite = all(np.isfinite(expected))
+    weights = "[" + ",".join(literals) + "]"
+    body = body_of(weights)
+    if finite:
+        payload = decode_fast(body, None)
+        assert payload is not None
+        assert payload.weights.tobytes() == bits(expected)
+        assert payload.log_prob_grads[0].tobytes() == bits(expected)
+    else:
+        # A literal beyond float64 (e.g. 1e999) is refused, by the fast path and in all.
+        assert decode_fast(body, None) is None
+        with pytest.raises(InvalidPayloadError):
+            decode_request(body)
+
+
+def test_arrays_longer_than_a_piece_read_exactly_and_whole() -> None:
+    rng = np.random.default_rng(7)
+    values = rng.standard_normal(150_000) * 10.0 ** rng.integers(-300, 300, 150_000)
+    literals = [repr(float(v)) for v in values]
+    weights = "[ " + " , ".join(literals) + " ]"
+    assert len(weights) > 3 * PIECE_BYTES
+    payload = decode_fast(body_of(weights), None)
+    assert payload is not None
+    assert payload.weights.tobytes() == bits([float(text) for text in literals])
+    assert payload.log_prob_grads[1].tobytes() == payload.weights.tobytes()
+
+
+def test_a_literal_longer_than_a_piece_is_read_exactly_by_the_typed_path() -> None:
+    long_literal = "0." + "0" * PIECE_BYTES + "1"
+    weights = f"[1.5, {long_literal}]"
+    body = body_of(weights)
+    assert decode_fast(body, None) is None
+    payload = decode_request(body)
+    assert payload.weights.tolist() == [1.5, float(long_literal)]
+
+
+@pytest.mark.parametrize(
+    "big", ["18446744073709551616", "-9223372036854775809", "1" + "0" * 30, "-" + "9" * 25]
+)
+def test_integers_beyond_64_bits_go_to_the_typed_path_and_read_exactly(big: str) -> None:
+    body = body_of(f"[{big}, 2]")
+    assert decode_fast(body, None) is None
+    payload = decode_request(body)
+    assert payload.weights.tobytes() == bits([float(int(big)), 2.0])
+    assert payload.log_prob_grads.tobytes() == bits([float(int(big)), 2.0] * 2)
+
+
+@pytest.mark.parametrize(
+    ("weights", "rows", "index", "entries"),
+    [
+        # Flattened, these hold B*N numbers: only the row lengths tell them apart.
+        pytest.param("[1, 2]", ["[1, 2, 3]", "[4]"], 0, 3, id="long-then-short"),
+        pytest.param("[1, 2]", ["[1]", "[2, 3, 4]"], 0, 1, id="short-then-long"),
+        pytest.param("[1, 2, 3]", ["[1, 2, 3]", "[4, 5]"], 1, 2, id="one-short"),
+    ],
+)
+def test_ragged_rows_never_pass_as_a_matrix(
+    weights: str, rows: list[str], index: int, entries: int
+) -> None:
+    body = body_of(weights, rows)
+    assert decode_fast(body, None) is None
+    with pytest.raises(InvalidPayloadError) as info:
+        decode_request(body)
+    problem = info.value.problems[0]
+    assert problem.loc == ("log_prob_grads", index)
+    assert f"has {entries} entries" in problem.msg
+
+
+@pytest.mark.parametrize(
+    ("fields", "loc"),
+    [
+        pytest.param({"weights": "[[1], [2]]"}, ("weights", 0), id="nested-vector"),
+        pytest.param({"rewards": "[[1], [1]]"}, ("rewards", 0), id="nested-rewards"),
+        pytest.param({"log_prob_grads": "[[[1], [2]], [[1], [2]]]"}, None, id="nested-rows"),
+        pytest.param({"log_prob_grads": "[[1, [2]], [1, 2]]"}, None, id="nested-entry"),
+        pytest.param({"log_prob_grads": "[1, 2]"}, None, id="flat-matrix"),
+        pytest.param({"weights": "[1, true]"}, ("weights", 1), id="boolean"),
+        pytest.param({"weights": '[1, "2"]'}, ("weights", 1), id="string"),
+        pytest.param({"weights": "[1, null]"}, ("weights", 1), id="null"),
+        pytest.param({"weights": "[]"}, None, id="empty"),
+        pytest.param({"beta": "-1"}, ("beta",), id="negative-beta"),
+    ],
+)
+def test_bodies_the_fast_path_refuses_get_the_worded_errors(
+    fields: dict[str, str], loc: tuple[Any, ...] | None
+) -> None:
+    body = body_of("[1, 2]", **fields)
+    assert decode_fast(body, None) is None
+    with pytest.raises(InvalidPayloadError) as info:
+        decode_request(body)
+    if loc is not None:
+        assert info.value.problems[0].loc == loc
+
+
+def test_the_element_limit_is_checked_before_the_matrix_is_parsed() -> None:
+    # Row 1 is not even numbers: the limit answers first, so it was never parsed.
+    body = body_of("[1, 2, 3]", ["[1, 2, 3]", '[1, "x", 3]'])
+    with pytest.raises(TooManyElementsError) as info:
+        decode_fast(body, max_elements=10)
+    assert "B*N + B + N = 11 elements (B = 2, N = 3)" in str(info.value)
+    # decode_request takes the fast path for bodies over 16 KiB: whitespace makes this one so.
+    padded = body + b" " * (16 * 1024)
+    with pytest.raises(TooManyElementsError):
+        decode_request(padded, max_elements=10)
+    assert decode_fast(body_of("[1, 2, 3]"), max_elements=11) is not None
+
+
+def test_the_element_limit_also_holds_on_the_typed_path() -> None:
+    big = "1" + "0" * 30  # beyond 64 bits: the fast path leaves the body to the typed one
+    body = body_of(f"[{big}, 2, 3]")
+    assert decode_fast(body, None) is None
+    with pytest.raises(TooManyElementsError):
+        decode_request(body, max_elements=10)
+    assert decode_request(body, max_elements=11).weights.size == 3
