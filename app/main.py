@@ -19,6 +19,8 @@ from .api.body import UPLOAD_BUDGET_BODIES, UploadBudget
 from .api.body_limit import ProblemBodyLimit
 from .api.docs import install_offline_docs
 from .api.gate import ConcurrencyGate
+from .api.info import router as info_router
+from .api.info import service_info
 from .api.probes import router as probes_router
 from .api.problems import PROBLEM_MEDIA_TYPE, install_error_handlers, problem_doc
 from .api.request_id import RequestIdMiddleware
@@ -107,6 +109,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ),
         },
     )
+    app.state.info = service_info(settings)
+    app.include_router(info_router)
     app.include_router(probes_router)
     app.include_router(metrics_router)
     install_offline_docs(app)

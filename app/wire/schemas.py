@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 from pydantic import BaseModel, ConfigDict, FailFast, Field, PlainValidator, WithJsonSchema
 from pydantic_core import PydanticCustomError
@@ -22,11 +22,15 @@ from ..core.options import (
 __all__ = [
     "REFERENCE_EXAMPLE",
     "ErrorItem",
+    "OptionInfo",
     "Problem",
+    "ServiceInfo",
+    "ServiceLimits",
     "UpdateOptionsModel",
     "UpdateRequest",
     "UpdateResponse",
     "UpdateStatsModel",
+    "describe_options",
 ]
 
 # Strict: JSON numbers only (integers included), never strings, booleans or null.
@@ -366,3 +370,49 @@ class Problem(BaseModel):
         description="The request's id, as in the X-Request-ID response header; quote it "
         "when reporting a problem."
     )
+
+
+class OptionInfo(BaseModel):
+    """One optional field of the request, as GET /info describes it."""
+
+    default: Any = Field(description="The value used when the field is left out.")
+    allowed: list[str] | None = Field(
+        description="The allowed values of a field with a closed set of them, else null."
+    )
+    description: str | None = Field(description="What the field does.")
+
+
+class ServiceLimits(BaseModel):
+    """The limits a request meets on this worker, from the service's settings."""
+
+    max_body_size: int = Field(description="Largest request body in bytes (RLHF_MAX_BODY_SIZE).")
+    max_elements: int = Field(description="Largest B*N + B + N of an update (RLHF_MAX_ELEMENTS).")
+    max_in_flight: int = Field(description="Updates computed at once per worker.")
+    max_queue: int = Field(description="Updates that may wait for a compute slot per worker.")
+    queue_timeout_seconds: float = Field(description="Longest wait for a compute slot.")
+    body_timeout_seconds: float = Field(description="Longest pause in a request body.")
+
+
+class ServiceInfo(BaseModel):
+    """What this service is and accepts: GET /info."""
+
+    service: str = Field(description="The service's name.")
+    version: str = Field(description="The service's version.")
+    limits: ServiceLimits
+    request_media_types: list[str] = Field(description="Content-Types /update reads.")
+    response_media_types: list[str] = Field(description="Media types /update can answer in.")
+    safetensors_dtypes: list[str] = Field(description="Float dtypes a safetensors body may use.")
+    options: dict[str, OptionInfo] = Field(description="Every optional field of the request.")
+
+
+def describe_options() -> dict[str, OptionInfo]:
+    """Every algorithm option of the request: its default, allowed values and meaning."""
+    described = {}
+    for name, info in UpdateOptionsModel.model_fields.items():
+        allowed = [value for value in get_args(info.annotation) if isinstance(value, str)]
+        described[name] = OptionInfo(
+            default=info.default,
+            allowed=allowed or None,
+            description=info.description,
+        )
+    return described

@@ -24,6 +24,7 @@ from rlhf_client._errors import (
     ServiceUnavailableError,
     UnprocessableEntityError,
     UnsupportedMediaTypeError,
+    UpdateTooLargeError,
 )
 from rlhf_client._models import UpdateResult, UpdateStats
 from rlhf_client._version import __version__
@@ -47,5 +48,6 @@ __all__ = [
     "UnsupportedMediaTypeError",
     "UpdateResult",
     "UpdateStats",
+    "UpdateTooLargeError",
     "__version__",
 ]

@@ -10,9 +10,10 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 import httpx2
+import numpy as np
 from numpy.typing import ArrayLike
 
-from rlhf_client._errors import APIResponseError
+from rlhf_client._errors import APIResponseError, UpdateTooLargeError
 from rlhf_client._models import UpdateResult
 from rlhf_client._retry import RetryPolicy
 from rlhf_client._version import __version__
@@ -38,6 +39,10 @@ __all__ = ["DEFAULT_BASE_URL", "DEFAULT_TIMEOUT", "AsyncClient", "Client"]
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 # httpx's 5 s default read timeout fails a large JSON body; connecting should still be quick.
 DEFAULT_TIMEOUT = httpx2.Timeout(60.0, connect=5.0)
+# Before the first body of this size the client reads the service's limits (GET /info):
+# to send safetensors when only they fit, and to refuse before uploading what cannot fit.
+# Smaller bodies are far below any sensible limit and go in one round trip.
+LIMITS_CHECK_BYTES = 1 << 20
 
 Timeout = float | httpx2.Timeout
 
@@ -84,6 +89,10 @@ class _BaseClient:
             self._headers["Authorization"] = f"Bearer {token}"
         # Set when an "auto" client meets a server without the binary path (415).
         self._binary_unsupported = False
+        # The service's limits from GET /info, read once before the first large upload;
+        # None when the service has no /info.
+        self._limits: dict[str, Any] | None = None
+        self._limits_read = False
 
     def _prepare(
         self,
@@ -94,6 +103,7 @@ class _BaseClient:
         *,
         dtype: WireDtype | None = None,
         json_only: bool = False,
+        binary_only: bool = False,
     ) -> PreparedUpdate:
         named = check_update_arrays(arrays)
         if dtype is not None:
@@ -106,8 +116,61 @@ class _BaseClient:
                 "'safetensors', with safetensors installed (pip install 'rlhf-update[binary]')"
             )
             raise ValueError(msg)
-        binary = half or (not json_only and self._wants_binary(named["log_prob_grads"].size))
+        binary = (
+            half
+            or binary_only
+            or (not json_only and self._wants_binary(named["log_prob_grads"].size))
+        )
         return encode_update(named, beta=beta, lr=lr, options=options, binary=binary)
+
+    def _needs_limits(self, prepared: PreparedUpdate) -> bool:
+        """Whether to read the service's limits before sending this body."""
+        return not self._limits_read and len(prepared.content) >= LIMITS_CHECK_BYTES
+
+    def _remember_limits(self, info: dict[str, Any] | None) -> None:
+        limits = info.get("limits") if info is not None else None
+        self._limits = limits if isinstance(limits, dict) else None
+        self._limits_read = True
+
+    def _fitted(
+        self,
+        prepared: PreparedUpdate,
+        arrays: tuple[ArrayLike, ...],
+        beta: float,
+        lr: float,
+        options: Mapping[str, Any],
+        dtype: WireDtype | None,
+    ) -> PreparedUpdate:
+        """`prepared`, or its safetensors form when only that fits the service's limits.
+
+        Raises
+        ------
+        UpdateTooLargeError
+            When the update is beyond the service's limits in every wire format it may use.
+        """
+        limits = self._limits
+        if limits is None or len(prepared.content) < LIMITS_CHECK_BYTES:
+            return prepared
+        max_elements, max_body = limits.get("max_elements"), limits.get("max_body_size")
+        b, n = int(np.shape(arrays[1])[0]), int(np.shape(arrays[0])[0])
+        if isinstance(max_elements, int) and b * n + b + n > max_elements:
+            msg = (
+                f"the update has B*N + B + N = {b * n + b + n} elements; the service takes "
+                f"at most {max_elements} (RLHF_MAX_ELEMENTS); nothing was sent"
+            )
+            raise UpdateTooLargeError(msg)
+        if not isinstance(max_body, int) or len(prepared.content) <= max_body:
+            return prepared
+        if not prepared.binary and self.transport == "auto" and has_safetensors():
+            prepared = self._prepare(arrays, beta, lr, options, dtype=dtype, binary_only=True)
+            if len(prepared.content) <= max_body:
+                return prepared
+        hint = "" if prepared.binary else "; safetensors bodies are about 2.5 times smaller"
+        msg = (
+            f"the request body would be {len(prepared.content)} bytes; the service takes at "
+            f"most {max_body} (RLHF_MAX_BODY_SIZE){hint}; nothing was sent"
+        )
+        raise UpdateTooLargeError(msg)
 
     def _wants_binary(self, size: int) -> bool:
         if self.transport != "auto":
@@ -137,6 +200,18 @@ class _BaseClient:
     def _timeout(self, timeout: Timeout | None) -> httpx2.Timeout | UseClientDefault:
         chosen = _as_timeout(timeout) or self._default_timeout
         return chosen if chosen is not None else httpx2.USE_CLIENT_DEFAULT
+
+
+def _info_body(response: httpx2.Response) -> dict[str, Any] | None:
+    """The /info document, or None from a service that has no /info."""
+    if response.status_code == 404:
+        return None
+    raise_for_status(response)
+    try:
+        return decode_json_object(response)
+    except ValueError as exc:
+        msg = f"unreadable /info answer: {exc}"
+        raise APIResponseError(msg, response) from exc
 
 
 def _as_timeout(timeout: Timeout | None) -> httpx2.Timeout | None:
@@ -214,6 +289,9 @@ class Client(_BaseClient):
         """
         arrays = (weights, rewards, policy_log_probs, ref_log_probs, log_prob_grads)
         prepared = self._prepare(arrays, beta, lr, options, dtype=dtype)
+        if self._needs_limits(prepared):
+            self._remember_limits(self.info(timeout=timeout))
+        prepared = self._fitted(prepared, arrays, beta, lr, options, dtype)
         response = self._post_update(prepared, timeout, request_id)
         if self._should_resend_as_json(prepared, response):
             prepared = self._prepare(arrays, beta, lr, options, dtype=dtype, json_only=True)
@@ -224,6 +302,11 @@ class Client(_BaseClient):
         """GET /healthz: the service's liveness answer, `{"status": "ok"}`."""
         response = self._send("GET", "/healthz", None, self._headers_for(None, None), timeout)
         return _health_body(response)
+
+    def info(self, *, timeout: Timeout | None = None) -> dict[str, Any] | None:
+        """GET /info: the service's version, limits and options; None if it has no /info."""
+        response = self._send("GET", "/info", None, self._headers_for(None, None), timeout)
+        return _info_body(response)
 
     def close(self) -> None:
         """Close the HTTP connection pool, unless it was passed in."""
@@ -330,6 +413,9 @@ class AsyncClient(_BaseClient):
         """
         arrays = (weights, rewards, policy_log_probs, ref_log_probs, log_prob_grads)
         prepared = self._prepare(arrays, beta, lr, options, dtype=dtype)
+        if self._needs_limits(prepared):
+            self._remember_limits(await self.info(timeout=timeout))
+        prepared = self._fitted(prepared, arrays, beta, lr, options, dtype)
         response = await self._post_update(prepared, timeout, request_id)
         if self._should_resend_as_json(prepared, response):
             prepared = self._prepare(arrays, beta, lr, options, dtype=dtype, json_only=True)
@@ -341,6 +427,12 @@ class AsyncClient(_BaseClient):
         headers = self._headers_for(None, None)
         response = await self._send("GET", "/healthz", None, headers, timeout)
         return _health_body(response)
+
+    async def info(self, *, timeout: Timeout | None = None) -> dict[str, Any] | None:
+        """GET /info: the service's version, limits and options; None if it has no /info."""
+        headers = self._headers_for(None, None)
+        response = await self._send("GET", "/info", None, headers, timeout)
+        return _info_body(response)
 
     async def aclose(self) -> None:
         """Close the HTTP connection pool, unless it was passed in."""

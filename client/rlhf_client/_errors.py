@@ -4,6 +4,7 @@ RLHFClientError
 ├── APIConnectionError            the server could not be reached, or the connection broke
 │   └── APITimeoutError           connect, read or write timed out
 ├── APIResponseError              a 2xx answer the client cannot read
+├── UpdateTooLargeError           refused before uploading: beyond the limits /info states
 └── APIStatusError                the server answered with an error status (problem+json)
     ├── BadRequestError           400
     ├── AuthenticationError       401
@@ -33,11 +34,16 @@ __all__ = [
     "ServiceUnavailableError",
     "UnprocessableEntityError",
     "UnsupportedMediaTypeError",
+    "UpdateTooLargeError",
 ]
 
 
 class RLHFClientError(Exception):
     """Base class of every error the client raises."""
+
+
+class UpdateTooLargeError(RLHFClientError, ValueError):
+    """The update cannot fit the limits the service states at GET /info; nothing was sent."""
 
 
 class APIConnectionError(RLHFClientError):
