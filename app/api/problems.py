@@ -36,7 +36,13 @@ from ..ops.context import current_context
 from ..wire.schemas import Problem
 from .request_id import new_request_id
 
-__all__ = ["PROBLEM_MEDIA_TYPE", "install_error_handlers", "problem_doc", "problem_response"]
+__all__ = [
+    "PROBLEM_MEDIA_TYPE",
+    "install_error_handlers",
+    "problem_body",
+    "problem_doc",
+    "problem_response",
+]
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 
@@ -51,6 +57,17 @@ def problem_response(problem: ProblemError) -> Response:
     context = current_context()
     if context is not None:
         context.problem = problem
+    request_id = context.request_id if context is not None else new_request_id()
+    return Response(
+        problem_body(problem, request_id),
+        status_code=problem.status,
+        headers=dict(problem.headers),
+        media_type=PROBLEM_MEDIA_TYPE,
+    )
+
+
+def problem_body(problem: ProblemError, request_id: str) -> bytes:
+    """The problem document of `problem` for the request `request_id`, as JSON bytes."""
     body = {
         "type": problem.type_uri,
         "title": problem.title,
@@ -59,14 +76,9 @@ def problem_response(problem: ProblemError) -> Response:
         "errors": [
             {"loc": list(p.loc), "msg": p.msg} for p in problem.problems[:MAX_LISTED_PROBLEMS]
         ],
-        "request_id": context.request_id if context is not None else new_request_id(),
+        "request_id": request_id,
     }
-    return Response(
-        orjson.dumps(body),
-        status_code=problem.status,
-        headers=dict(problem.headers),
-        media_type=PROBLEM_MEDIA_TYPE,
-    )
+    return orjson.dumps(body)
 
 
 def problem_doc(description: str) -> dict[str, Any]:
