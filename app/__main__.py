@@ -3,14 +3,16 @@
     python -m app [--timeout-graceful-shutdown S] [--timeout-keep-alive S] [--no-access-log]
 
 WEB_CONCURRENCY > 1 runs that many worker processes under uvicorn's supervisor, with
-prometheus-client's multiprocess mode so /metrics adds up over them. The process exits 0
-after a graceful shutdown on SIGTERM.
+prometheus-client's multiprocess mode so /metrics adds up over them. The HTTP protocol is
+uvicorn's httptools one with the bounds of `app.api.http_protocol`. The process exits 0
+after a graceful shutdown on SIGTERM, whenever the signal comes.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import signal
 import sys
@@ -19,10 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-import uvicorn
-
-from .ops.log_config import log_config
-from .settings import SettingsError, load_settings
+# Only the standard library at import: uvicorn, pydantic and the app take a few tenths of
+# a second to import, and `main` installs its SIGTERM handler before it imports them.
 
 __all__ = ["main", "prepare_metrics_dir"]
 
@@ -34,7 +34,8 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         type=int,
         default=None,
         metavar="SECONDS",
-        help="after the drain, cancel requests still running after this long (default: wait)",
+        help="after the drain, cancel requests still running after this long "
+        "(default: RLHF_SHUTDOWN_TIMEOUT_SECONDS)",
     )
     parser.add_argument(
         "--timeout-keep-alive",
@@ -52,11 +53,12 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def prepare_metrics_dir(workers: int) -> None:
+def prepare_metrics_dir(workers: int) -> Path | None:
     """Give prometheus-client an empty PROMETHEUS_MULTIPROC_DIR when it is needed.
 
     A set directory is emptied (samples of an earlier run would be added in); with several
-    workers and none set, a fresh temporary one is made. The workers inherit the variable.
+    workers and none set, a fresh temporary one is made, and returned: the caller removes
+    it when the workers are gone. The workers inherit the variable.
     """
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:
@@ -64,15 +66,29 @@ def prepare_metrics_dir(workers: int) -> None:
         shutil.rmtree(path, ignore_errors=True)
         path.mkdir(parents=True, exist_ok=True)
     elif workers > 1:
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="rlhf-metrics-")
+        made = tempfile.mkdtemp(prefix="rlhf-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = made
+        return Path(made)
+    return None
+
+
+def _raise_open_files_limit() -> None:
+    # Every connection holds a file descriptor. Under a soft limit of 1024, still a common
+    # default, a thousand idle connections would stop the server from accepting any
+    # other; the hard limit is as far as an unprivileged process may raise it.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
-# The factory by its import path, whatever name this package is installed under.
+# The factory and the HTTP protocol by their import paths, whatever name this package is
+# installed under: each worker process imports them itself.
 _FACTORY = f"{__package__}.main:create_app"
+_HTTP_PROTOCOL = f"{__package__}.api.http_protocol:BoundedHttpToolsProtocol"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -81,29 +97,43 @@ def main(argv: Sequence[str] | None = None) -> None:
     A setting the service cannot run with ends the process with status 2 and one line
     on stderr that names the variable.
     """
+    # uvicorn handles SIGTERM while it serves, and raises the signal again once its graceful
+    # shutdown is done; this handler then ends the process with status 0 instead of -15.
+    # Installed first: before uvicorn starts, it ends the process at once, also with 0.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     arguments = _arguments(argv)
+    import uvicorn
+
+    from .ops.log_config import log_config
+    from .settings import SettingsError, load_settings
+
     try:
         settings = load_settings()
     except SettingsError as exc:
         print(f"python -m {__package__}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    prepare_metrics_dir(settings.web_concurrency)
-    # uvicorn handles SIGTERM while it serves, and raises the signal again once its graceful
-    # shutdown is done; this handler then ends the process with status 0 instead of -15
-    # (before uvicorn starts, it ends the process at once, also with 0).
-    signal.signal(signal.SIGTERM, _exit_cleanly)
-    uvicorn.run(
-        _FACTORY,
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.web_concurrency,
-        log_config=log_config(settings.log_level),
-        log_level=settings.log_level,
-        access_log=arguments.access_log,
-        timeout_graceful_shutdown=arguments.timeout_graceful_shutdown,
-        timeout_keep_alive=arguments.timeout_keep_alive,
-    )
+    _raise_open_files_limit()
+    made = prepare_metrics_dir(settings.web_concurrency)
+    timeout = arguments.timeout_graceful_shutdown
+    try:
+        uvicorn.run(
+            _FACTORY,
+            factory=True,
+            http=_HTTP_PROTOCOL,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.web_concurrency,
+            log_config=log_config(settings.log_level),
+            log_level=settings.log_level,
+            access_log=arguments.access_log,
+            timeout_graceful_shutdown=settings.shutdown_timeout_seconds
+            if timeout is None
+            else timeout,
+            timeout_keep_alive=arguments.timeout_keep_alive,
+        )
+    finally:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
 
 
 if __name__ == "__main__":

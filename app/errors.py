@@ -10,13 +10,17 @@ probes, the update observer and the metrics read their attributes::
     ├── MalformedJsonError          400 malformed-json          invalid
     ├── MalformedSafetensorsError   400 malformed-safetensors   invalid
     ├── ClientDisconnectedError     400 client-disconnected     (the client left)
+    ├── MalformedRequestError       400 malformed-request       (HTTP parser, before the app)
     ├── UnauthorizedError           401 unauthorized            unauthorized
     ├── BodyTimeoutError            408 body-timeout            timeout
+    ├── HeaderTimeoutError          408 header-timeout          (HTTP parser, before the app)
     ├── BodyTooLargeError           413 body-too-large          too_large
     ├── TooManyElementsError        413 too-many-elements       too_large
+    ├── UriTooLongError             414 uri-too-long            (HTTP parser, before the app)
     ├── UnsupportedMediaTypeError   415 unsupported-media-type  invalid
     ├── InvalidPayloadError         422 invalid-payload         invalid
     ├── UpdateOverflowProblem       422 update-overflow         invalid
+    ├── HeadersTooLargeError        431 headers-too-large       (HTTP parser, before the app)
     ├── InternalError               500 internal-error
     ├── SaturatedError              503 saturated               saturated
     │   └── UploadBudgetError       503 saturated               saturated
@@ -39,10 +43,13 @@ __all__ = [
     "BodyTimeoutError",
     "BodyTooLargeError",
     "ClientDisconnectedError",
+    "HeaderTimeoutError",
+    "HeadersTooLargeError",
     "HttpStatusError",
     "InternalError",
     "InvalidPayloadError",
     "MalformedJsonError",
+    "MalformedRequestError",
     "MalformedSafetensorsError",
     "NotReadyError",
     "ProblemError",
@@ -52,6 +59,7 @@ __all__ = [
     "UnsupportedMediaTypeError",
     "UpdateOverflowProblem",
     "UploadBudgetError",
+    "UriTooLongError",
     "summary",
 ]
 
@@ -114,6 +122,14 @@ class ClientDisconnectedError(ProblemError):
     title = "Client disconnected"
 
 
+class MalformedRequestError(ProblemError):
+    """The HTTP server's parser refused the request line or a header; the app never ran."""
+
+    status = 400
+    slug = "malformed-request"
+    title = "Malformed HTTP request"
+
+
 class UnauthorizedError(ProblemError):
     """The bearer token is missing, malformed or wrong."""
 
@@ -133,6 +149,18 @@ class BodyTimeoutError(ProblemError):
     reason = "timeout"
     # The rest of the body may still come; closing ends it instead of reading it.
     headers = MappingProxyType({"Connection": "close"})
+class HeaderTimeoutError(ProblemError):
+    """The request line and headers did not arrive within RLHF_HEADER_TIMEOUT_SECONDS."""
+
+    status = 408
+    slug = "header-timeout"
+    title = "Request timeout"
+
+    def __init__(self, limit: float) -> None:
+        super().__init__(
+            f"the request line and headers did not arrive within {limit:g} s "
+            "(RLHF_HEADER_TIMEOUT_SECONDS)"
+        )
 
 
 class BodyTooLargeError(ProblemError):
@@ -154,6 +182,17 @@ class TooManyElementsError(ProblemError):
     slug = "too-many-elements"
     title = "Content too large"
     reason = "too_large"
+
+
+class UriTooLongError(ProblemError):
+    """The request line's target is longer than the server reads."""
+
+    status = 414
+    slug = "uri-too-long"
+    title = "URI too long"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the request target exceeds the limit of {limit} bytes")
 
 
 class UnsupportedMediaTypeError(ProblemError):
@@ -182,6 +221,14 @@ class UpdateOverflowProblem(InvalidPayloadError):
 
     slug = "update-overflow"
     title = "Update overflows"
+
+
+class HeadersTooLargeError(ProblemError):
+    """The request's head is larger, or has more header lines, than the server reads."""
+
+    status = 431
+    slug = "headers-too-large"
+    title = "Request header fields too large"
 
 
 class InternalError(ProblemError):
@@ -246,13 +293,17 @@ PROBLEM_TYPES: tuple[type[ProblemError], ...] = (
     MalformedJsonError,
     MalformedSafetensorsError,
     ClientDisconnectedError,
+    MalformedRequestError,
     UnauthorizedError,
     BodyTimeoutError,
+    HeaderTimeoutError,
     BodyTooLargeError,
     TooManyElementsError,
+    UriTooLongError,
     UnsupportedMediaTypeError,
     InvalidPayloadError,
     UpdateOverflowProblem,
+    HeadersTooLargeError,
     InternalError,
     SaturatedError,
     NotReadyError,

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import (
     AliasChoices,
     BeforeValidator,
+    ByteSize,
     Field,
     SecretStr,
     ValidationError,
@@ -16,17 +16,14 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .ops.cpu_budget import available_cpus
+
 __all__ = ["Settings", "SettingsError", "load_settings"]
 
 LogLevel = Annotated[
     Literal["critical", "error", "warning", "info", "debug"],
     BeforeValidator(lambda level: level.lower() if isinstance(level, str) else level),
 ]
-
-
-def _cpu_count() -> int:
-    """CPUs this process may run on (a container's CPU set, not the host's count)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _env(name: str) -> AliasChoices:
@@ -57,11 +54,11 @@ class Settings(BaseSettings):
         validation_alias=_env("WEB_CONCURRENCY"),
         description="Worker processes; /metrics adds up over all of them.",
     )
-    max_body_size: int = Field(
-        default=64 * 1024 * 1024,
+    max_body_size: ByteSize = Field(
+        default=ByteSize(64 * 1024 * 1024),
         gt=0,
         validation_alias=_env("RLHF_MAX_BODY_SIZE"),
-        description="Largest request body in bytes; larger ones get 413 before being read.",
+        description="Largest request body (bytes, or with a unit: 64MiB); larger ones get 413.",
     )
     max_elements: int = Field(
         default=2**27,
@@ -70,7 +67,7 @@ class Settings(BaseSettings):
         description="Largest B*N + B + N of an update; larger ones get 413.",
     )
     max_in_flight: int = Field(
-        default_factory=_cpu_count,
+        default_factory=available_cpus,
         ge=1,
         validation_alias=_env("RLHF_MAX_IN_FLIGHT"),
         description="Updates computed at once per worker; past it they queue, then get 503.",
@@ -98,6 +95,18 @@ class Settings(BaseSettings):
         ge=0,
         validation_alias=_env("RLHF_SHUTDOWN_DRAIN_SECONDS"),
         description="After SIGTERM, seconds of serving with /readyz at 503 before shutting down.",
+    )
+    shutdown_timeout_seconds: int = Field(
+        default=20,
+        ge=0,
+        validation_alias=_env("RLHF_SHUTDOWN_TIMEOUT_SECONDS"),
+        description="After the drain, seconds running requests get before they are cut.",
+    )
+    header_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        validation_alias=_env("RLHF_HEADER_TIMEOUT_SECONDS"),
+        description="Seconds a connection has to send a request line and headers.",
     )
     api_token: SecretStr | None = Field(
         default=None,

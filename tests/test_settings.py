@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from app.ops.cpu_budget import available_cpus
 from app.settings import Settings
 
 TOKEN = "s3cret-T0ken"
@@ -25,10 +26,12 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.web_concurrency == 1
     assert settings.max_body_size == 64 * 1024 * 1024
     assert settings.max_elements == 2**27
-    assert settings.max_in_flight == len(os.sched_getaffinity(0))
+    assert settings.max_in_flight == available_cpus()
     assert settings.shutdown_drain_seconds == 5.0
     assert (settings.max_queue, settings.queue_timeout_seconds) == (16, 5.0)
     assert settings.body_timeout_seconds == 30.0
+    assert settings.shutdown_timeout_seconds == 20
+    assert settings.header_timeout_seconds == 10.0
     assert settings.bearer_token() is None
     assert settings.log_level == "info"
 
@@ -42,11 +45,14 @@ def test_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RLHF_MAX_ELEMENTS", "1000")
     monkeypatch.setenv("RLHF_MAX_IN_FLIGHT", "5")
     monkeypatch.setenv("RLHF_SHUTDOWN_DRAIN_SECONDS", "0.5")
+    monkeypatch.setenv("RLHF_SHUTDOWN_TIMEOUT_SECONDS", "7")
+    monkeypatch.setenv("RLHF_HEADER_TIMEOUT_SECONDS", "2.5")
     monkeypatch.setenv("RLHF_API_TOKEN", "tok")
     monkeypatch.setenv("RLHF_MAX_QUEUE", "0")
     monkeypatch.setenv("RLHF_QUEUE_TIMEOUT_SECONDS", "0.25")
     monkeypatch.setenv("RLHF_BODY_TIMEOUT_SECONDS", "12.5")
     settings = Settings()
+    assert (settings.shutdown_timeout_seconds, settings.header_timeout_seconds) == (7, 2.5)
     assert (settings.host, settings.port, settings.max_body_size) == ("0.0.0.0", 9123, 2048)
     assert settings.log_level == "debug"
     assert (settings.web_concurrency, settings.max_elements, settings.max_in_flight) == (3, 1000, 5)
@@ -63,6 +69,10 @@ def test_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
         ("PORT", "70000"),
         ("RLHF_MAX_BODY_SIZE", "-1"),
         ("RLHF_MAX_BODY_SIZE", "0"),
+        ("RLHF_MAX_BODY_SIZE", "0MiB"),
+        ("RLHF_MAX_BODY_SIZE", "64XB"),
+        ("RLHF_HEADER_TIMEOUT_SECONDS", "0"),
+        ("RLHF_SHUTDOWN_TIMEOUT_SECONDS", "-1"),
         ("RLHF_LOG_LEVEL", "loud"),
         ("WEB_CONCURRENCY", "0"),
         ("RLHF_MAX_ELEMENTS", "0"),
@@ -78,6 +88,22 @@ def test_bad_environment_is_refused(monkeypatch: pytest.MonkeyPatch, name: str, 
     monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError, match=name):
         Settings()
+
+
+@pytest.mark.parametrize(
+    ("value", "size"),
+    [
+        ("64MiB", 64 * 2**20),
+        ("64 MiB", 64 * 2**20),
+        ("4kib", 4096),
+        ("1.5KiB", 1536),
+        ("1MB", 10**6),
+        ("2048", 2048),
+    ],
+)
+def test_sizes_take_units(monkeypatch: pytest.MonkeyPatch, value: str, size: int) -> None:
+    monkeypatch.setenv("RLHF_MAX_BODY_SIZE", value)
+    assert Settings().max_body_size == size
 
 
 def test_token_file_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -111,9 +137,11 @@ def test_the_token_is_not_shown_in_the_settings_repr() -> None:
     assert TOKEN not in repr(Settings(api_token=TOKEN))
 
 
-def test_default_cap_is_the_cpu_count(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_cap_is_the_cpu_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The affinity, capped by the cgroup's CPU quota: tests/ops/test_cpu_budget.py.
     monkeypatch.delenv("RLHF_MAX_IN_FLIGHT", raising=False)
-    assert Settings().max_in_flight == len(os.sched_getaffinity(0))
+    assert Settings().max_in_flight == available_cpus()
+    assert Settings().max_in_flight <= len(os.sched_getaffinity(0))
 
 
 def test_default_limit_is_two_to_the_27(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,12 +5,15 @@
 On SIGTERM readiness turns 503 at once while the service keeps serving for
 RLHF_SHUTDOWN_DRAIN_SECONDS, so a load balancer that polls /readyz stops sending traffic;
 then uvicorn's own graceful shutdown runs: no new connections, in-flight requests finish.
+A worker process of uvicorn's supervisor does the same, as if signalled, when the
+supervisor dies: without it, a killed supervisor would leave its workers serving.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import os
 import signal
 import threading
@@ -63,16 +66,44 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     lifecycle: Lifecycle = app.state.lifecycle
     drain_seconds: float = app.state.settings.shutdown_drain_seconds
     previous = _drain_on_sigterm(lifecycle, drain_seconds)
+    stop_watching = _stop_with_supervisor() if previous is not None else None
     lifecycle.phase = Phase.READY
     try:
         yield
     finally:
         lifecycle.phase = Phase.STOPPING
+        if stop_watching is not None:
+            stop_watching()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
         if (directory := multiprocess_dir()) is not None:
             # This worker's in-flight gauge no longer counts towards the live sum.
             multiprocess.mark_process_dead(os.getpid(), directory)  # type: ignore[no-untyped-call]
+
+
+def _stop_with_supervisor() -> Callable[[], None] | None:
+    """In a worker process, raise SIGTERM once the supervisor that started it is gone.
+
+    Returns how to stop watching, or None outside a worker. The supervisor's end is seen
+    at once, without polling: multiprocessing gives each process it starts a sentinel, a
+    pipe whose other end the parent holds, and which reads as closed when the parent dies.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return None
+    loop = asyncio.get_running_loop()
+    sentinel = parent.sentinel
+
+    def supervisor_gone() -> None:
+        loop.remove_reader(sentinel)
+        logger.warning("the supervisor process %s is gone: shutting down", parent.pid)
+        signal.raise_signal(signal.SIGTERM)
+
+    def stop_watching() -> None:
+        loop.remove_reader(sentinel)
+
+    loop.add_reader(sentinel, supervisor_gone)
+    return stop_watching
 
 
 def _drain_on_sigterm(lifecycle: Lifecycle, drain_seconds: float) -> SignalHandler:

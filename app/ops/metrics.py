@@ -3,11 +3,16 @@
 With several worker processes, prometheus-client's multiprocess mode is on when
 PROMETHEUS_MULTIPROC_DIR is set (`python -m app` sets and empties it before starting
 workers): each worker writes its samples there and `/metrics` adds them up over all of them.
+A worker's "live" gauges (the updates in flight) count while it runs: it drops them when it
+shuts down, and a scrape drops those of a worker that died without doing so (SIGKILL, out
+of memory) before it adds up the rest.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from pathlib import Path
 
 from prometheus_client import (
     CollectorRegistry,
@@ -21,7 +26,7 @@ from prometheus_client.exposition import choose_encoder
 
 from ..errors import REJECTION_REASONS
 
-__all__ = ["UpdateMetrics", "multiprocess_dir"]
+__all__ = ["UpdateMetrics", "forget_dead_processes", "multiprocess_dir"]
 
 _DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _BYTES_BUCKETS = tuple(float(4**k) for k in range(5, 16))  # 1 KiB to 1 GiB
@@ -33,6 +38,30 @@ _KL_BUCKETS = (-1, -0.1, -0.01, 0, 0.001, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2,
 def multiprocess_dir() -> str | None:
     """prometheus-client's own switch for multiprocess mode, read as it reads it."""
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def forget_dead_processes(directory: str) -> list[int]:
+    """Drop the live gauges of processes that no longer run; return their ids.
+
+    prometheus-client names each process's files after its id (``gauge_livesum_<pid>.db``).
+    """
+    pids = {path.stem.rsplit("_", 1)[1] for path in Path(directory).glob("gauge_live*_*.db")}
+    dead = sorted(int(pid) for pid in pids if pid.isdigit() and not _running(int(pid)))
+    for pid in dead:
+        # Another worker's scrape may remove the same files at the same time.
+        with contextlib.suppress(FileNotFoundError):
+            multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+    return dead
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's
+        return True
+    return True
 
 
 class UpdateMetrics:
@@ -112,6 +141,7 @@ class UpdateMetrics:
         """The scrape body and its Content-Type, as the Accept header asks."""
         registry = self.registry
         if (directory := multiprocess_dir()) is not None:
+            forget_dead_processes(directory)
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
         encode, content_type = choose_encoder(accept or "")

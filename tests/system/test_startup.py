@@ -29,7 +29,10 @@ def _python(*args: str, env: dict[str, str], cwd: Path = ROOT) -> subprocess.Com
 @pytest.mark.parametrize(
     ("variable", "value", "expected"),
     [
-        pytest.param("RLHF_MAX_BODY_SIZE", "abc", "valid integer", id="not-a-number"),
+        pytest.param("RLHF_MAX_BODY_SIZE", "abc", "could not parse", id="not-a-size"),
+        pytest.param("RLHF_MAX_BODY_SIZE", "64XB", "byte unit", id="not-a-unit"),
+        pytest.param("RLHF_HEADER_TIMEOUT_SECONDS", "0", "greater than 0", id="header-timeout"),
+        pytest.param("RLHF_SHUTDOWN_TIMEOUT_SECONDS", "2.5", "valid integer", id="shutdown"),
         pytest.param("RLHF_MAX_IN_FLIGHT", "0", "greater than or equal to 1", id="too-small"),
         pytest.param("PORT", "70000", "less than or equal to 65535", id="port"),
         pytest.param("RLHF_LOG_LEVEL", "loud", "'info'", id="log-level"),
