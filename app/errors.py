@@ -149,6 +149,8 @@ class BodyTimeoutError(ProblemError):
     reason = "timeout"
     # The rest of the body may still come; closing ends it instead of reading it.
     headers = MappingProxyType({"Connection": "close"})
+
+
 class HeaderTimeoutError(ProblemError):
     """The request line and headers did not arrive within RLHF_HEADER_TIMEOUT_SECONDS."""
 
