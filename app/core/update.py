@@ -23,7 +23,15 @@ from .results import (
     UpdateResult,
     UpdateStats,
 )
-from .stable import clamp, l2_norm, mean, sample_std, scaled_sum_of_squares
+from .stable import (
+    add_product,
+    clamp,
+    l2_norm,
+    mean,
+    mean_product,
+    sample_std,
+    scaled_sum_of_squares,
+)
 
 __all__ = ["compute_update", "in_weights_dtype", "rlhf_weight_update"]
 
@@ -180,7 +188,7 @@ def compute_update(
     kl = kl_estimate(log_ratio, estimator)
     if options.kl_clamp is not None:
         kl = clamp(kl, float(options.kl_clamp))
-    adjusted = r - checked.beta * kl
+    adjusted = add_product(r, -checked.beta, kl)
     advantage = (
         adjusted
         if checked.groups is None
@@ -291,13 +299,13 @@ def _gradient(advantage: FloatArray, grads: FloatArray) -> tuple[FloatArray, flo
     One matrix-vector product, no (B, N) temporary. Raises `UpdateOverflowError` when an
     entry of the gradient overflows.
     """
-    b = advantage.size
-    grad: FloatArray = (advantage @ grads) / b
+    grad: FloatArray = (advantage @ grads) / advantage.size
     norm = l2_norm(grad)
-    # A finite norm proves every entry finite. Otherwise a column sum may have overflowed
-    # although its mean is representable: divide first, then look.
+    # A finite norm proves every entry finite. Otherwise a product or a column sum may have
+    # overflowed although the gradient is representable: compute it again on operands
+    # scaled by powers of two (a (B, N) temporary, only then), and look.
     if not math.isfinite(norm):
-        grad = (advantage / b) @ grads
+        grad = mean_product(advantage, grads)
         require_finite(grad=grad)
         norm = l2_norm(grad)
     return grad, norm
