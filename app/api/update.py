@@ -18,6 +18,7 @@ from ..wire.media import (
     JSON_MEDIA_TYPE,
     SAFETENSORS_MEDIA_TYPE,
     WireFormat,
+    require_identity_encoding,
     response_format,
     wire_format,
 )
@@ -134,6 +135,7 @@ async def _update(request: Request) -> Response:
     # Reading the body first lets the body limit answer 413 before anything else.
     body = await read_body(request)
     request_format = wire_format(scope_header(request.scope, b"content-type"))
+    require_identity_encoding(request.headers.getlist("content-encoding"))
     answer_format = response_format(scope_header(request.scope, b"accept"))
     max_elements: int = request.app.state.settings.max_elements
     context = current_context()

@@ -82,3 +82,25 @@ def test_errors_are_listed_while_they_fit_and_the_detail_counts_them_all() -> No
         ["rewards", i] for i in range(len(document["errors"]))
     ]
     assert document["detail"].endswith("(and 34 more problems)")
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/update/"),
+        ("GET", "/healthz/"),
+        ("GET", "/readyz/"),
+        ("GET", "/metrics/"),
+        ("GET", "/docs/"),
+        ("GET", "/docs-assets"),
+    ],
+)
+def test_a_trailing_slash_is_404_never_a_redirect_built_from_the_host_header(
+    client: TestClient, method: str, path: str
+) -> None:
+    host = "attacker.invalid"
+    response = client.request(method, path, headers={"host": host}, follow_redirects=False)
+    assert_problem(response, 404)
+    assert "location" not in response.headers
+    assert host not in response.text
+    assert not [value for value in response.headers.values() if host in value]
