@@ -65,12 +65,11 @@ _WHITESPACE = b" \t\n\r"
 _SPACE = re.compile(rb"[ \t\n\r]*")
 _MALFORMED = re.compile(r"JSON is malformed: (.+) \(byte (\d+)\)")
 # Where msgspec says a value of a field decoded on its own went wrong: "... - at `$[3][0]`";
-# and where the fast path's decoder of the whole body stopped: at a field, at an unknown
-# key, or at the end of the object for a missing field.
+# and where the fast path's decoder of the whole body stopped: in a field, at an unknown
+# key, or at the end of the object (a field is missing).
 _AT = re.compile(r" - at `\$((?:\[\d+\])*)`$")
 _FAILED_AT = re.compile(r" - at `\$\.(\w+)((?:\[\d+\])*)`$")
 _FAILED_KEY = re.compile(r"Object (contains unknown|missing required) field `(.*)`")
-_END = ""  # no key is empty and a field: the end of the object
 _NON_EMPTY = ("weights", "rewards")
 _EMPTY_ARRAY = re.compile(rb"\[[ \t\n\r]*\]")
 
@@ -106,19 +105,14 @@ def refusal(body: bytes | bytearray, failure: msgspec.DecodeError) -> ProblemErr
         fields, once = _top_level(body)
     except ProblemError as problem:
         return problem
-    stopped_at, path = _failure(failure)
-    # msgspec read the fields in the body's order and stopped at `stopped_at`: those before
-    # it (written once) have the right types already, and are not decoded again.
-    accepted: set[str] = set()
-    if stopped_at is not None and (stopped_at in once or stopped_at == _END):
-        accepted = set(itertools.takewhile(lambda key: key != stopped_at, fields)) & once
+    accepted, stopped_at, path = _accepted(failure, fields, once)
     problems: list[InputProblem] = []
     decoded: dict[str, Any] = {}
     for name in ARRAYS_AND_SCALARS:
         raw = fields.get(name)
         if raw is None:
             problems.append(InputProblem((name,), missing_field(name)))
-        elif name == stopped_at and name in once and path is not None:
+        elif name == stopped_at and path is not None:
             problems.append(_problem_at(name, raw, path))
         elif name in accepted and name in ARRAYS:
             if name in _NON_EMPTY and _EMPTY_ARRAY.fullmatch(memoryview(raw)):
@@ -129,9 +123,10 @@ def refusal(body: bytes | bytearray, failure: msgspec.DecodeError) -> ProblemErr
             except msgspec.ValidationError as exc:
                 problems.append(field_problem(name, raw, exc))
     scalars = {name: (decoded[name], bytes(fields[name])) for name in SCALARS if name in decoded}
-    # Rows of the wrong length are looked for only once every field has the right type.
-    rows = None if problems else decoded.get("log_prob_grads")
-    found, unlisted = value_problems(decoded.get("weights"), decoded.get("rewards"), rows, scalars)
+    # Rows of the wrong length are looked for on the fast path only, once every field has
+    # the right type: here something else is always wrong, and which fields were decoded
+    # again depends on the order of the keys.
+    found, unlisted = value_problems(decoded.get("weights"), decoded.get("rewards"), None, scalars)
     _, option_problems = read_options({name: fields[name] for name in OPTIONS if name in fields})
     problems = sorted([*problems, *found, *option_problems], key=field_order)
     unknown = [key for key in fields if key not in FIELDS]
@@ -233,18 +228,31 @@ def field_order(problem: InputProblem) -> int:
     return FIELDS.index(head) if head in FIELDS else len(FIELDS)
 
 
-def _failure(exc: msgspec.DecodeError) -> tuple[str | None, tuple[int, ...] | None]:
-    """Where the fast path's msgspec stopped: the key, and the indices within it if any.
+def _accepted(
+    failure: msgspec.DecodeError, fields: Mapping[str, msgspec.Raw], once: set[str]
+) -> tuple[set[str], str | None, tuple[int, ...] | None]:
+    """What the fast path's msgspec accepted before `failure`, and where it stopped.
 
-    `_END` when it read the whole object (a field is missing); (None, None) when the
-    message does not say, and then every field is decoded again.
+    msgspec reads the fields in the body's order: those before the key it stopped at
+    (written once) have the right types already, and need not be decoded again. Returns
+    them, the field it stopped in and the indices within it, from msgspec's message;
+    nothing when the message does not say, and then every field is decoded again.
     """
-    message = str(exc)
+    message = str(failure)
+    path: tuple[int, ...] | None = None
     if match := _FAILED_AT.search(message):
-        return match[1], tuple(int(index) for index in re.findall(r"\d+", match[2]))
-    if match := _FAILED_KEY.fullmatch(message):
-        return (match[2], None) if match[1] == "contains unknown" else (_END, None)
-    return None, None
+        stopped_at = match[1]
+        path = tuple(int(index) for index in re.findall(r"\d+", match[2]))
+    elif (match := _FAILED_KEY.fullmatch(message)) and match[1] == "missing required":
+        return set(fields) & once, None, None  # it read the whole object
+    elif match:
+        stopped_at = match[2]
+    else:
+        return set(), None, None
+    if stopped_at not in once:
+        return set(), None, None
+    before = itertools.takewhile(lambda key: key != stopped_at, fields)
+    return set(before) & once, stopped_at, path
 
 
 # -- the top level -------------------------------------------------------------------------
