@@ -49,9 +49,11 @@ from .schemas import UpdateOptionsModel
 __all__ = [
     "field_order",
     "field_problem",
+    "most_arrays",
     "nested_too_deeply",
     "read_options",
     "refusal",
+    "too_many_arrays",
     "value_problems",
 ]
 
@@ -98,7 +100,7 @@ class _TooManyKeys(Exception):
         self.keys = keys
 
 
-def refusal(body: bytes | bytearray, failure: msgspec.DecodeError) -> ProblemError:
+def refusal(body: bytes | bytearray, failure: msgspec.DecodeError | None = None) -> ProblemError:
     """Why the fast path refused `body` (msgspec's `failure`): a 400 for what is not JSON,
     else the problems of every field, up to the listed maximum."""
     try:
@@ -136,6 +138,34 @@ def refusal(body: bytes | bytearray, failure: msgspec.DecodeError) -> ProblemErr
     if not problems:  # the checks above accept everything the fast path accepts
         problems = [InputProblem((), "the body does not satisfy the request contract")]
     return InvalidPayloadError(problems, unlisted=unlisted)
+
+
+def most_arrays(size: int) -> int:
+    """How many arrays a valid body of `size` bytes can hold at most.
+
+    B + 6: five array fields, group_ids and B rows; and each row takes at least 10 bytes,
+    "[x]," and an entry "x," in each of rewards, policy_log_probs and ref_log_probs.
+    """
+    return (size + 4) // 10 + 6
+
+
+def too_many_arrays(body: bytes | bytearray) -> ProblemError:
+    """The refusal of a body with more arrays than `most_arrays` allows, before msgspec
+    builds a Python object for each: the field that holds the most of them is named."""
+    try:
+        fields, _ = _top_level(body)
+    except ProblemError as problem:
+        return problem
+    counts = {name: bytes(raw).count(b"[") for name, raw in fields.items()}
+    name = max(counts, key=counts.__getitem__)
+    if name not in ARRAYS or memoryview(fields[name])[:1].tobytes() != b"[":
+        return refusal(body)  # an unknown key, or brackets inside a string: worded as such
+    msg = (
+        f"{shorten(name)} holds {counts[name]} arrays; a valid body of {len(body)} bytes holds "
+        f"at most {most_arrays(len(body))} (each row of log_prob_grads comes with an entry in "
+        "rewards, policy_log_probs and ref_log_probs: at least 10 bytes a row)"
+    )
+    return InvalidPayloadError([InputProblem((name,), msg)])
 
 
 def value_problems(
@@ -229,7 +259,7 @@ def field_order(problem: InputProblem) -> int:
 
 
 def _accepted(
-    failure: msgspec.DecodeError, fields: Mapping[str, msgspec.Raw], once: set[str]
+    failure: msgspec.DecodeError | None, fields: Mapping[str, msgspec.Raw], once: set[str]
 ) -> tuple[set[str], str | None, tuple[int, ...] | None]:
     """What the fast path's msgspec accepted before `failure`, and where it stopped.
 
@@ -238,7 +268,7 @@ def _accepted(
     them, the field it stopped in and the indices within it, from msgspec's message;
     nothing when the message does not say, and then every field is decoded again.
     """
-    message = str(failure)
+    message = "" if failure is None else str(failure)
     path: tuple[int, ...] | None = None
     if match := _FAILED_AT.search(message):
         stopped_at = match[1]

@@ -55,7 +55,7 @@ _INTEGERS: dict[str, np.dtype[Any]] = {
 # event loop.
 MAX_HEADER_BYTES = 64 * 1024
 MAX_HEADER_ENTRIES = 64
-_VALID_ENTRIES = len(_TENSORS) + 1 + len(_METADATA_OPTIONS)  # group_ids is the 1
+_VALID_ENTRIES = len((*_TENSORS, _GROUP_IDS, *_METADATA_OPTIONS))
 _LENGTH_BYTES = 8
 
 

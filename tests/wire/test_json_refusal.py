@@ -195,3 +195,33 @@ def test_shorten_is_bounded_whatever_it_is_given(value: object, shown: str) -> N
     text = shorten(value)
     assert len(text) <= 40
     assert text.startswith(shown)
+
+
+def test_more_arrays_than_any_valid_body_of_its_size_are_refused_before_decoding() -> None:
+    # Rows of one short number: about a hundred bytes of Python objects for every four
+    # bytes of text, had they been decoded (1.5 GB and seconds for a 60 MB body).
+    fields = {name: value for name, value in EXAMPLE.items() if name != "log_prob_grads"}
+    rows = ",".join(["[0]"] * 4_000_000)
+    body = (json.dumps(fields)[:-1] + f', "log_prob_grads": [{rows}]' + "}").encode()
+    error, seconds = _refused(body)
+    assert seconds < 1.0
+    assert _peak_memory(body) < 2 * len(body)
+    assert [problem.loc for problem in error.problems] == [("log_prob_grads",)]
+    assert error.detail.startswith("log_prob_grads holds 4000001 arrays; a valid body of")
+
+
+@pytest.mark.parametrize("b", [1, 2, 3, 10, 999, 5000])
+def test_the_bound_on_arrays_lets_the_smallest_valid_bodies_through(b: int) -> None:
+    # The densest valid bodies: one weight, every number a single digit, no spaces.
+    fields = {
+        "weights": [0],
+        "rewards": [0] * b,
+        "policy_log_probs": [0] * b,
+        "ref_log_probs": [0] * b,
+        "log_prob_grads": [[0]] * b,
+        "beta": 0,
+        "lr": 0,
+        "group_ids": [0] * b,
+    }
+    payload = decode_request(json.dumps(fields, separators=(",", ":")).encode())
+    assert payload.log_prob_grads.shape == (b, 1)
