@@ -116,7 +116,10 @@ def install_update_route(
                 "The body is larger than RLHF_MAX_BODY_SIZE, or B*N + B + N is above "
                 "RLHF_MAX_ELEMENTS."
             ),
-            415: problem_doc("The Content-Type is neither JSON nor application/x-safetensors."),
+            415: problem_doc(
+                "The Content-Type is neither JSON nor application/x-safetensors, its charset "
+                "is not UTF-8, or the body has a Content-Encoding other than identity."
+            ),
             422: problem_doc("The payload breaks the contract, or the update overflows."),
             **responses,
         },
