@@ -50,10 +50,11 @@ __all__ = [
     "field_order",
     "field_problem",
     "most_arrays",
+    "most_short_numbers",
     "nested_too_deeply",
+    "overfull",
     "read_options",
     "refusal",
-    "too_many_arrays",
     "value_problems",
 ]
 
@@ -140,32 +141,67 @@ def refusal(body: bytes | bytearray, failure: msgspec.DecodeError | None = None)
     return InvalidPayloadError(problems, unlisted=unlisted)
 
 
-def most_arrays(size: int) -> int:
-    """How many arrays a valid body of `size` bytes can hold at most.
+def most_rows(size: int) -> int:
+    """How many samples (B) a valid body of `size` bytes can hold at most.
 
-    B + 6: five array fields, group_ids and B rows; and each row takes at least 10 bytes,
-    "[x]," and an entry "x," in each of rewards, policy_log_probs and ref_log_probs.
+    Each takes at least 10 bytes: its row "[x]," and an entry "x," in each of rewards,
+    policy_log_probs and ref_log_probs.
     """
-    return (size + 4) // 10 + 6
+    return (size + 4) // 10
 
 
-def too_many_arrays(body: bytes | bytearray) -> ProblemError:
-    """The refusal of a body with more arrays than `most_arrays` allows, before msgspec
-    builds a Python object for each: the field that holds the most of them is named."""
+def most_arrays(size: int) -> int:
+    """How many arrays a valid body of `size` bytes can hold: five fields, group_ids, B rows."""
+    return most_rows(size) + 6
+
+
+def most_short_numbers(size: int) -> int:
+    """How many commas a body of `size` bytes has before it is worth checking each field's
+    length against `most_rows`: numbers of fewer than three characters on average."""
+    return size // 4
+
+
+# How many entries a field of a valid body of `size` bytes can have: B for the arrays of
+# samples and their rows, N for the weights (each weight comes with its column of
+# log_prob_grads: at least 4 bytes).
+_MOST_ENTRIES = {
+    "weights": lambda size: size // 4,
+    **dict.fromkeys(("rewards", "policy_log_probs", "ref_log_probs", "log_prob_grads"), most_rows),
+    _GROUP_IDS: most_rows,
+}
+
+
+def overfull(body: bytes | bytearray, *, sure: bool) -> ProblemError | None:
+    """The refusal of a body with a field longer than any valid body of its size allows,
+    found from the fields' raw text before msgspec builds a Python object per entry.
+
+    `sure` says that the body is known to be invalid (it has more arrays than
+    `most_arrays`): then, if no field is too long, the body is refused as any other.
+    Otherwise None means that every field fits.
+    """
     try:
         fields, _ = _top_level(body)
     except ProblemError as problem:
         return problem
-    counts = {name: bytes(raw).count(b"[") for name, raw in fields.items()}
-    name = max(counts, key=counts.__getitem__)
-    if name not in ARRAYS or memoryview(fields[name])[:1].tobytes() != b"[":
-        return refusal(body)  # an unknown key, or brackets inside a string: worded as such
-    msg = (
-        f"{shorten(name)} holds {counts[name]} arrays; a valid body of {len(body)} bytes holds "
-        f"at most {most_arrays(len(body))} (each row of log_prob_grads comes with an entry in "
-        "rewards, policy_log_probs and ref_log_probs: at least 10 bytes a row)"
-    )
-    return InvalidPayloadError([InputProblem((name,), msg)])
+    size = len(body)
+    for name, raw in fields.items():
+        text = bytes(raw) if name in _MOST_ENTRIES else b""
+        if not text.startswith(b"["):
+            continue
+        # Upper bounds: brackets or commas inside nested arrays or strings count too,
+        # and a field holding those is refused all the same.
+        rows = name == "log_prob_grads"
+        entries = text.count(b"[") - 1 if rows else text.count(b",") + 1
+        most = _MOST_ENTRIES[name](size)
+        if entries > most:
+            what = "rows" if rows else "entries"
+            msg = (
+                f"{name} has {entries} {what}; a valid body of {size} bytes has at most {most} "
+                "(a sample takes at least 10 bytes: its row of log_prob_grads and its entries "
+                "in rewards, policy_log_probs and ref_log_probs; a weight at least 4)"
+            )
+            return InvalidPayloadError([InputProblem((name,), msg)])
+    return refusal(body) if sure else None
 
 
 def value_problems(

@@ -207,10 +207,25 @@ def test_more_arrays_than_any_valid_body_of_its_size_are_refused_before_decoding
     assert seconds < 1.0
     assert _peak_memory(body) < 2 * len(body)
     assert [problem.loc for problem in error.problems] == [("log_prob_grads",)]
-    assert error.detail.startswith("log_prob_grads holds 4000001 arrays; a valid body of")
+    assert error.detail.startswith("log_prob_grads has 4000000 rows; a valid body of")
 
 
-@pytest.mark.parametrize("b", [1, 2, 3, 10, 999, 5000])
+@pytest.mark.parametrize("field", ["rewards", "weights", "group_ids"])
+def test_more_short_numbers_than_any_valid_body_of_its_size_are_refused_before_decoding(
+    field: str,
+) -> None:
+    # 8 M zeros: 32 bytes of Python float for every two bytes of text, had they been decoded.
+    fields = {name: value for name, value in EXAMPLE.items() if name != field}
+    zeros = ",".join(["0"] * 8_000_000)
+    body = (json.dumps(fields)[:-1] + f', "{field}": [{zeros}]' + "}").encode()
+    error, seconds = _refused(body)
+    assert seconds < 1.0
+    assert _peak_memory(body) < 2 * len(body)
+    assert [problem.loc for problem in error.problems] == [(field,)]
+    assert error.detail.startswith(f"{field} has 8000000 entries; a valid body of")
+
+
+@pytest.mark.parametrize("b", [1, 2, 3, 10, 999, 5000, 200_000])
 def test_the_bound_on_arrays_lets_the_smallest_valid_bodies_through(b: int) -> None:
     # The densest valid bodies: one weight, every number a single digit, no spaces.
     fields = {
