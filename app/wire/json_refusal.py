@@ -7,7 +7,9 @@ decoder of its type (`json_fields`). A field's first problem is worded from wher
 says it is and from the raw text of the value there, never from a Python copy of the whole
 body; problems past the listed maximum are counted, not worded, and no suggestion is
 computed for a name that will not be listed. The options are read by `read_options`, as on
-the fast path.
+the fast path. And a large body with a field longer than any valid body of its size allows
+is refused by `overfull`, from counts of brackets and commas, before msgspec builds a
+Python object per entry.
 """
 
 from __future__ import annotations
