@@ -68,6 +68,7 @@ _ITEMS = msgspec.json.Decoder(list[msgspec.Raw])
 _STRING = msgspec.json.Decoder(str)
 _WHITESPACE = b" \t\n\r"
 _SPACE = re.compile(rb"[ \t\n\r]*")
+_NUMBER_TOKEN = re.compile(rb"[-+0-9.eE]+")
 _MALFORMED = re.compile(r"JSON is malformed: (.+) \(byte (\d+)\)")
 # Where msgspec says a value of a field decoded on its own went wrong: "... - at `$[3][0]`";
 # and where the fast path's decoder of the whole body stopped: in a field, at an unknown
@@ -467,7 +468,10 @@ def _raw_kind(raw: bytes | bytearray) -> str:
         return kinds[first]
     if first in (b"t", b"f"):
         return json_kind(first == b"t")
-    return f"a number ({_number_text(bytes(raw).strip(_WHITESPACE))})"
+    # The number's own characters: msgspec may refuse a body's value before it looks at
+    # what follows it.
+    token = _NUMBER_TOKEN.match(raw, start.end() if start else 0)
+    return f"a number ({_number_text(token[0] if token else b'')})"
 
 
 def _is_number(raw: bytes) -> bool:
@@ -481,7 +485,10 @@ def _number_text(token: bytes) -> str:
     text = token.decode("ascii", "replace")
     if len(text) > 100 or not any(c in text for c in ".eE"):
         return shorten(text)
-    return repr(float(text))
+    try:
+        return repr(float(text))
+    except ValueError:  # not a number msgspec read, so not one to parse either
+        return shorten(text)
 
 
 def _stand_in(raw: bytes) -> Any:

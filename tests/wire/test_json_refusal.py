@@ -240,3 +240,17 @@ def test_the_bound_on_arrays_lets_the_smallest_valid_bodies_through(b: int) -> N
     }
     payload = decode_request(json.dumps(fields, separators=(",", ":")).encode())
     assert payload.log_prob_grads.shape == (b, 1)
+
+
+@pytest.mark.parametrize(
+    ("body", "shown"),
+    [
+        pytest.param(b"NaN\x00", "a number (nan)", id="nan-then-garbage"),
+        pytest.param(b"1.5 garbage", "a number (1.5)", id="number-then-garbage"),
+        pytest.param(b"-Infinity]", "a number (-inf)", id="infinity-then-bracket"),
+    ],
+)
+def test_a_body_that_is_a_number_followed_by_garbage_is_worded(body: bytes, shown: str) -> None:
+    # msgspec refuses the value as not an object before it reads what follows it.
+    error, _ = _refused(body)
+    assert error.detail.startswith(f"the body is {shown}; expected a JSON object")
