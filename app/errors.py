@@ -214,8 +214,8 @@ class InvalidPayloadError(ProblemError):
     title = "Invalid payload"
     reason = "invalid"
 
-    def __init__(self, problems: Sequence[InputProblem]) -> None:
-        super().__init__(summary(problems), problems)
+    def __init__(self, problems: Sequence[InputProblem], unlisted: int = 0) -> None:
+        super().__init__(summary(problems, unlisted), problems)
 
 
 class UpdateOverflowProblem(InvalidPayloadError):
@@ -283,10 +283,13 @@ class HttpStatusError(ProblemError):
         self.headers = MappingProxyType(dict(headers or {}))
 
 
-def summary(problems: Sequence[InputProblem]) -> str:
-    """The first problem's message, and how many more there are."""
+def summary(problems: Sequence[InputProblem], unlisted: int = 0) -> str:
+    """The first problem's message, and how many more there are.
+
+    `unlisted` counts problems found but not worded (past the listed maximum).
+    """
     first = problems[0].msg
-    more = len(problems) - 1
+    more = len(problems) - 1 + unlisted
     return f"{first} (and {more} more problem{'s' if more > 1 else ''})" if more else first
 
 

@@ -78,6 +78,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         lifespan=lifespan,
+        # No 307 from /update/ to /update: its Location would be built from the client's
+        # Host header. Paths are matched exactly; anything else is 404.
+        redirect_slashes=False,
     )
     app.state.settings = settings
     app.state.lifecycle = Lifecycle()

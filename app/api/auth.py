@@ -6,7 +6,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import Security
+from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ..errors import UnauthorizedError
@@ -19,11 +19,16 @@ _bearer = HTTPBearer(auto_error=False, description="The token set in RLHF_API_TO
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]
 
 
-def bearer_token_check(token: str) -> Callable[[Credentials], Awaitable[None]]:
+def bearer_token_check(token: str) -> Callable[[Request, Credentials], Awaitable[None]]:
     """A dependency that lets a request through only with `Authorization: Bearer <token>`."""
     expected = token.encode()
 
-    async def require_bearer_token(credentials: Credentials) -> None:
+    async def require_bearer_token(request: Request, credentials: Credentials) -> None:
+        # HTTPBearer reads the first Authorization header; a second one must not be
+        # ignored (a proxy's and a client's, say), so the request is refused outright.
+        if len(request.headers.getlist("authorization")) > 1:
+            msg = "several Authorization headers; send exactly one"
+            raise UnauthorizedError(msg)
         verify_bearer_token(credentials, expected)
 
     return require_bearer_token

@@ -23,7 +23,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
-from ..core import MAX_LISTED_PROBLEMS, UpdateError, UpdateOverflowError
+from ..core import MAX_LISTED_PROBLEMS, InputProblem, UpdateError, UpdateOverflowError
 from ..errors import (
     BodyTooLargeError,
     ClientDisconnectedError,
@@ -34,6 +34,7 @@ from ..errors import (
     UpdateOverflowProblem,
 )
 from ..ops.context import current_context
+from ..wire.messages import shorten
 from ..wire.schemas import Problem
 from .request_id import new_request_id
 
@@ -50,6 +51,13 @@ __all__ = [
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 
 logger = logging.getLogger("app.errors")
+
+# A problem document stays a few KiB whatever the request: the detail, each message and
+# each part of a location are cut short, and errors are listed while they fit (the detail
+# still counts every problem).
+_DETAIL_CHARACTERS = 500
+_MESSAGE_CHARACTERS = 400
+_ERRORS_CHARACTERS = 3000
 
 
 def problem_response(problem: ProblemError) -> Response:
@@ -75,12 +83,24 @@ def problem_body(problem: ProblemError, request_id: str) -> dict[str, Any]:
         "type": problem.type_uri,
         "title": problem.title,
         "status": problem.status,
-        "detail": problem.detail,
-        "errors": [
-            {"loc": list(p.loc), "msg": p.msg} for p in problem.problems[:MAX_LISTED_PROBLEMS]
-        ],
+        "detail": shorten(problem.detail, _DETAIL_CHARACTERS),
+        "errors": _listed(problem.problems),
         "request_id": request_id,
     }
+
+
+def _listed(problems: Sequence[InputProblem]) -> list[dict[str, Any]]:
+    """The `errors` of a document: the first problems, each cut short, while they fit."""
+    listed: list[dict[str, Any]] = []
+    size = 0
+    for problem in problems[:MAX_LISTED_PROBLEMS]:
+        loc = [shorten(part) if isinstance(part, str) else part for part in problem.loc]
+        msg = shorten(problem.msg, _MESSAGE_CHARACTERS)
+        size += len(msg) + sum(len(str(part)) for part in loc)
+        if listed and size > _ERRORS_CHARACTERS:
+            break
+        listed.append({"loc": loc, "msg": msg})
+    return listed
 
 
 def problem_doc(description: str) -> dict[str, Any]:

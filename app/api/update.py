@@ -19,6 +19,7 @@ from ..wire.media import (
     JSON_MEDIA_TYPE,
     SAFETENSORS_MEDIA_TYPE,
     WireFormat,
+    require_identity_encoding,
     response_format,
     wire_format,
 )
@@ -35,11 +36,12 @@ __all__ = ["document_examples", "install_update_route"]
 # Where the work runs: small work on the event loop, the rest in a worker thread, where
 # the loop keeps serving and updates run side by side on the cores. The hop to a thread
 # costs more than parsing a small JSON body or computing a small update (the README's
-# Performance section has the figures). A binary body's decoding is a header and views
-# on the body, whatever its size; its cost is the arithmetic, which grows with the
-# gradient entries (float32 ones count twice: they are converted to float64 first).
+# Performance section has the figures). A binary body's decoding is a header of bounded
+# size (safetensors_codec.MAX_HEADER_BYTES) and views on the body, whatever its size; its
+# cost is the arithmetic, which grows with the entries of its arrays (float32 ones count
+# twice: they are converted to float64 first).
 _INLINE_JSON_BYTES = 16 * 1024
-_INLINE_GRAD_ENTRIES = 2**20
+_INLINE_ENTRIES = 2**20
 
 
 def _binary_schema(role: str, when: str) -> dict[str, Any]:
@@ -150,7 +152,10 @@ def install_update_route(
                 "The body is larger than RLHF_MAX_BODY_SIZE, or B*N + B + N is above "
                 "RLHF_MAX_ELEMENTS."
             ),
-            415: problem_doc("The Content-Type is neither JSON nor application/x-safetensors."),
+            415: problem_doc(
+                "The Content-Type is neither JSON nor application/x-safetensors, its charset "
+                "is not UTF-8, or the body has a Content-Encoding other than identity."
+            ),
             422: problem_doc("The payload breaks the contract, or the update overflows."),
             **responses,
         },
@@ -178,6 +183,7 @@ async def update(request: Request) -> Response:
 
 async def _update(request: Request, body: bytearray) -> Response:
     request_format = wire_format(scope_header(request.scope, b"content-type"))
+    require_identity_encoding(request.headers.getlist("content-encoding"))
     answer_format = response_format(scope_header(request.scope, b"accept"))
     max_elements: int = request.app.state.settings.max_elements
     context = current_context()
@@ -216,9 +222,22 @@ def _answer(
 
 
 def _small(payload: UpdatePayload) -> bool:
-    """Whether the update's arithmetic is cheap enough for the event loop."""
-    grads = payload.log_prob_grads
-    return grads.size * (1 if grads.dtype == np.float64 else 2) <= _INLINE_GRAD_ENTRIES
+    """Whether the update's arithmetic is cheap enough for the event loop.
+
+    Every array counts, not only the gradients: in a body whose shapes disagree another
+    one may be the largest, and the core converts and checks each before it compares them.
+    """
+    arrays = (
+        payload.weights,
+        payload.rewards,
+        payload.policy_log_probs,
+        payload.ref_log_probs,
+        payload.log_prob_grads,
+    )
+    entries = sum(array.size * (1 if array.dtype == np.float64 else 2) for array in arrays)
+    if payload.options.group_ids is not None:
+        entries += np.size(payload.options.group_ids)
+    return entries <= _INLINE_ENTRIES
 
 
 def _decoded(

@@ -145,6 +145,8 @@ def _as_float64(name: str, value: ArrayLike, problems: list[InputProblem]) -> Fl
         return None
     if array.ndim != ndim:
         msg = f"{name} is {array.ndim}-D; expected {ndim}-D, shape {shape}"
+        if array.size == 0 and array.ndim == 1:  # [] for the (B, N) gradients
+            msg = f"{name} is empty; expected shape {shape}"
         problems.append(InputProblem((name,), msg))
         return None
     return array
@@ -189,22 +191,22 @@ def _shape_problems(arrays: dict[str, FloatArray]) -> list[InputProblem]:
             continue
         length = arrays[name].shape[0]
         if length != b:
-            problems.append(
-                InputProblem((name,), f"{name} has {length} entries; expected {b} (= len(rewards))")
-            )
+            msg = _length_text(name, length, "entries", b)
+            problems.append(InputProblem((name,), f"{msg} (= len(rewards))"))
     rows, cols = arrays["log_prob_grads"].shape
     if rows != b:
-        problems.append(
-            InputProblem(
-                ("log_prob_grads",),
-                f"log_prob_grads has {rows} rows; expected {b} (= len(rewards))",
-            )
-        )
-    if cols != n:
-        problems.append(
-            InputProblem(
-                ("log_prob_grads",),
-                f"log_prob_grads has rows of {cols} entries; expected {n} (= len(weights))",
-            )
-        )
+        msg = _length_text("log_prob_grads", rows, "rows", b)
+        problems.append(InputProblem(("log_prob_grads",), f"{msg} (= len(rewards))"))
+    if cols != n and rows:
+        msg = f"log_prob_grads has rows of {cols} entries; expected {n}"
+        if cols == 0:
+            msg = f"log_prob_grads has empty rows; expected {n} entries"
+        problems.append(InputProblem(("log_prob_grads",), f"{msg} (= len(weights))"))
     return problems
+
+
+def _length_text(name: str, count: int, unit: str, expected: int) -> str:
+    """ "x has 3 entries; expected 2", or "x is empty; expected 2 entries" for none."""
+    if count == 0:
+        return f"{name} is empty; expected {expected} {unit}"
+    return f"{name} has {count} {unit}; expected {expected}"

@@ -334,6 +334,9 @@ def group_id_problems(
         return None, [
             (("group_ids",), f"group_ids is not an array of integers ({exc}); {expected}")
         ]
+    if ids.ndim == 1 and ids.size == 0:
+        # Checked before the dtype: NumPy gives an empty list the dtype float64.
+        return None, [(("group_ids",), f"group_ids is empty; {expected}")]
     if ids.dtype.kind not in "iu":
         what = "integers beyond int64" if ids.dtype.kind == "O" else f"{ids.dtype} values"
         return None, [(("group_ids",), f"group_ids holds {what}; {expected}")]

@@ -1,4 +1,4 @@
-"""Reductions that keep their digits at the ends of float64: mean, std, norms, and a clamp.
+"""Arithmetic that keeps its digits at the ends of float64: mean, std, norms, products, a clamp.
 
 Pure NumPy on 1-D float64 arrays. Overflow is looked for, not warned about: callers run
 these under ``np.errstate(over="ignore", invalid="ignore")``, as `app.core.update` does.
@@ -14,10 +14,12 @@ from numpy.typing import NDArray
 from .results import FloatArray
 
 __all__ = [
+    "add_product",
     "clamp",
     "fraction",
     "l2_norm",
     "mean",
+    "mean_product",
     "power_of_two_scale",
     "sample_std",
     "scaled_sum_of_squares",
@@ -126,4 +128,76 @@ def power_of_two_scale(values: FloatArray) -> float:
     largest = float(np.abs(values).max()) if values.size else 0.0
     if largest == 0.0 or not math.isfinite(largest):
         return largest
-    return math.ldexp(1.0, math.frexp(largest)[1] - 1)
+    return math.ldexp(1.0, _exponent(largest))
+
+
+def add_product(x: FloatArray, alpha: float, y: FloatArray) -> FloatArray:
+    """``x + alpha * y``, also where the product alone overflows but the sum does not.
+
+    Entries whose plain result is not finite are computed again on halved operands
+    (``2 * (x/2 + (alpha/2) * y)``, exact scalings): with `x` finite, a representable sum
+    has a product below twice the largest float64, whose half is representable. Every
+    other entry is the plain result, bit for bit. (The adjusted reward ``r - beta * kl``
+    needs this; the new weights do not, as a step ``lr * grad`` beyond float64 makes the
+    reported update_norm overflow whatever the sum.)
+
+    Examples
+    --------
+    >>> with np.errstate(over="ignore", invalid="ignore"):
+    ...     add_product(np.array([1.7e308]), -2.0, np.array([1.6e308]))
+    array([-1.5e+308])
+    """
+    result: FloatArray = x + alpha * y
+    if not math.isfinite(result.sum()):
+        redo = ~np.isfinite(result)
+        result[redo] = 2.0 * (0.5 * x[redo] + (0.5 * alpha) * y[redo])
+    return result
+
+
+def mean_product(
+    vector: FloatArray, matrix: FloatArray, divisor: float | None = None
+) -> FloatArray:
+    """``(vector @ matrix) / divisor`` with no overflow in a product or a partial sum.
+
+    The vector is divided by one power of two and each column of the matrix by its own, so
+    that every product is below 4 in magnitude and every sum below ``4 * len(vector)``; the
+    mean is scaled back by `np.ldexp`, which rounds only where the result itself is
+    subnormal or overflows. Scaling by powers of two is exact, so the result is what the
+    plain product would give with an unbounded exponent range, except for terms so much
+    smaller than the largest of their column that they underflow (below 2**-1022 of it),
+    which the plain sum would lose to rounding all the same.
+
+    Parameters
+    ----------
+    vector : ndarray, shape (B,)
+        Finite values.
+    matrix : ndarray, shape (B, N)
+        Finite values.
+    divisor : float, optional
+        What the sum is divided by; ``len(vector)`` when not given.
+
+    Returns
+    -------
+    ndarray, shape (N,)
+        Infinite where the mean itself is beyond float64.
+
+    Examples
+    --------
+    >>> mean_product(np.array([1e10, -1e10]), np.array([[1e300, 1.0], [1e300, 3.0]]))
+    array([ 0.e+00, -1.e+10])
+    """
+    vector_exponent = _exponent(float(np.abs(vector).max()))
+    # The largest magnitude of each column, without an |matrix| temporary.
+    column_max = np.maximum(matrix.max(axis=0), -matrix.min(axis=0))
+    column_exponents = np.frexp(column_max)[1] - 1
+    scaled_vector = np.ldexp(vector, -vector_exponent)
+    scaled_matrix = np.ldexp(matrix, -column_exponents)
+    sums = scaled_vector @ scaled_matrix
+    size = vector.size if divisor is None else divisor
+    result: FloatArray = np.ldexp(sums / size, vector_exponent + column_exponents)
+    return result
+
+
+def _exponent(largest: float) -> int:
+    """The e of the power of two `power_of_two_scale` gives for this largest magnitude."""
+    return math.frexp(largest)[1] - 1 if largest else 0

@@ -27,7 +27,15 @@ from .results import (
     UpdateResult,
     UpdateStats,
 )
-from .stable import clamp, l2_norm, mean, sample_std, scaled_sum_of_squares
+from .stable import (
+    add_product,
+    clamp,
+    l2_norm,
+    mean,
+    mean_product,
+    sample_std,
+    scaled_sum_of_squares,
+)
 from .tis import tis_weights
 
 __all__ = ["compute_update", "in_weights_dtype", "rlhf_weight_update"]
@@ -199,7 +207,7 @@ def compute_update(
     kl_bound = options.reward_kl_clamp
     if kl_bound is not None:
         kl = clamp(kl, kl_bound)
-    adjusted = r - checked.beta * kl
+    adjusted = add_product(r, -checked.beta, kl)
     advantage = (
         adjusted
         if checked.groups is None
@@ -350,10 +358,11 @@ def _gradient(
     b = advantage.size if divisor is None else divisor
     grad: FloatArray = (advantage @ grads) / b
     norm = l2_norm(grad)
-    # A finite norm proves every entry finite. Otherwise a column sum may have overflowed
-    # although its mean is representable: divide first, then look.
+    # A finite norm proves every entry finite. Otherwise a product or a column sum may have
+    # overflowed although the gradient is representable: compute it again on operands
+    # scaled by powers of two (a (B, N) temporary, only then), and look.
     if not math.isfinite(norm):
-        grad = (advantage / b) @ grads
+        grad = mean_product(advantage, grads, b)
         require_finite(grad=grad)
         norm = l2_norm(grad)
     return grad, norm

@@ -1,25 +1,27 @@
 """JSON on the wire: bytes to an `UpdatePayload`, an `UpdateResult` to bytes.
 
-Valid requests take a fast path with no Python float per number: msgspec checks the
-body's structure (strict: no unknown fields, the scalars as numbers) and keeps each array,
-and each row of `log_prob_grads`, as raw JSON; pysimdjson then parses each of those
-straight into float64 buffers. The few algorithm options, also raw JSON, go to the
-Pydantic model of the options. The number of elements is known from the structure, so
-RLHF_MAX_ELEMENTS is checked before the gradient matrix is parsed or allocated, and one
+Valid requests over 16 KiB take a fast path with no Python float per number: msgspec
+checks the body's structure (strict: no unknown fields, the scalars as numbers) and keeps
+each array, and each row of `log_prob_grads`, as raw JSON; pysimdjson then parses each of
+those straight into float64 buffers. The number of elements is known from the structure,
+so RLHF_MAX_ELEMENTS is checked before the gradient matrix is parsed or allocated, and one
 row is parsed at a time, so what the parser holds stays the size of a row.
 
-Bodies up to 16 KiB, and those the fast path does not take whole (integers beyond 64 bits,
-which pysimdjson does not parse, among others), go to msgspec's typed decode into lists of
-floats; a body that one refuses goes through the Pydantic model of the whole request, only
-to word its errors. Every path refuses exactly the same bodies and parses each number to
-the same correctly rounded float64. The README's Performance section has the measurements
-behind this split.
+Smaller bodies, and those the fast path does not take whole (integers beyond 64 bits,
+which pysimdjson does not parse, and every invalid body), go to msgspec's typed decode
+into lists of floats (`json_fields.RequestFields`). There the few algorithm options, kept
+as raw JSON, are read by the Pydantic model of the options (`json_refusal.read_options`);
+a body of the right types whose values break a rule (empty arrays, rows of the wrong
+length, a negative beta or lr) is worded from what msgspec decoded, and any other body
+msgspec refuses is read again, field by field, by `json_refusal.refusal`, at a cost
+bounded by its answer. Every path parses each number to the same correctly rounded
+float64. The README's Performance section has the measurements behind this split.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
 import msgspec
@@ -27,78 +29,66 @@ import numpy as np
 import orjson
 import simdjson
 from numpy.typing import NDArray
-from pydantic import ValidationError
 
 from ..core import InputProblem, UpdateOptions, UpdateResult
 from ..errors import InvalidPayloadError, MalformedJsonError
+from .json_fields import FLOAT, SCALARS, RequestFields
+from .json_refusal import (
+    field_order,
+    field_problem,
+    most_arrays,
+    most_short_numbers,
+    nested_too_deeply,
+    overfull,
+    read_options,
+    refusal,
+    value_problems,
+)
 from .limits import check_element_count
-from .messages import describe_validation_error
+from .messages import OPTIONS
 from .payload import UpdatePayload
-from .schemas import UpdateOptionsModel, UpdateRequest
 from .stats import stats_as_dict
 
 __all__ = ["decode_fast", "decode_request", "encode_response"]
 
-_OPTIONS = tuple(UpdateOptionsModel.model_fields)
 # The 1-D arrays of the request, in the order the fast path reads them; one name each (an
 # UpdatePayload field of the same name receives it, on both paths).
 _VECTORS = ("weights", "rewards", "policy_log_probs", "ref_log_probs")
 _MATRIX = "log_prob_grads"
 # Bodies up to this size take the typed decode: with one call instead of one per array
-# and row it is the faster there (about 30 against 40 us for 8 x 64), and the Python
-# floats of 16 KiB of text weigh a few hundred KB at most, whatever RLHF_MAX_ELEMENTS.
+# and row it is the faster there, and the Python floats of 16 KiB of text weigh a few
+# hundred KB at most, whatever RLHF_MAX_ELEMENTS.
 _TYPED_BYTES = 16 * 1024
 # Arrays longer than this are parsed piece by piece (see `_pieces`).
 _PIECE_BYTES = 1 << 20
-_SCALARS = ("beta", "lr")
-# The narrowest float orjson prints itself (as its shortest round trip).
-_SHORTEST_PRINTED = np.dtype(np.float32)
+# Below this size, decoding costs tens of milliseconds at worst: counting the brackets and
+# commas of every small body (about a nanosecond a byte) would cost more than it saves.
+_COUNTED_BODY_BYTES = 1 << 20
 
-
-class _FastArrays(msgspec.Struct, forbid_unknown_fields=True):
-    """The request for msgspec: the types of `UpdateRequest`, its value checks done after."""
-
-    weights: list[float]
-    rewards: list[float]
-    policy_log_probs: list[float]
-    ref_log_probs: list[float]
-    log_prob_grads: list[list[float]]
-    beta: float
-    lr: float
-
-
-def _with_options(name: str, arrays: list[tuple[str, object]]) -> type:
-    """A msgspec struct of `arrays` and the scalars, with every option kept as raw JSON.
-
-    The options are few and small: UpdateOptionsModel reads them, so that they follow the
-    Pydantic path's rules exactly. An absent option is an empty `Raw`.
-    """
-    return msgspec.defstruct(
-        name,
+# The typed decode: the options are few and small, msgspec keeps each as its raw JSON
+# (empty when absent) and read_options has the Pydantic model of the options read them.
+_FastRequest = msgspec.defstruct(
+    "_FastRequest",
+    [(name, msgspec.Raw, msgspec.Raw()) for name in OPTIONS],
+    bases=(RequestFields,),
+    forbid_unknown_fields=True,
+)
+_FAST_DECODER = msgspec.json.Decoder(_FastRequest)
+# The structure only: each vector and each row of the matrix as raw JSON, a view on the body.
+_RAW_DECODER: msgspec.json.Decoder[Any] = msgspec.json.Decoder(
+    msgspec.defstruct(
+        "_RawRequest",
         [
-            *arrays,
-            *((scalar, float) for scalar in _SCALARS),
-            *((option, msgspec.Raw, msgspec.Raw()) for option in _OPTIONS),
+            *((vector, msgspec.Raw) for vector in _VECTORS),
+            (_MATRIX, list[msgspec.Raw]),
+            *((scalar, float) for scalar in SCALARS),
+            *((option, msgspec.Raw, msgspec.Raw()) for option in OPTIONS),
         ],
         forbid_unknown_fields=True,
     )
-
-
-# The typed decode, the path for what pysimdjson does not parse.
-_TypedRequest = msgspec.defstruct(
-    "_TypedRequest",
-    [(option, msgspec.Raw, msgspec.Raw()) for option in _OPTIONS],
-    bases=(_FastArrays,),
-    forbid_unknown_fields=True,
 )
-_TYPED_DECODER = msgspec.json.Decoder(_TypedRequest)
-# The structure only: each vector and each row of the matrix as raw JSON, a view on the body.
-_RAW_DECODER: msgspec.json.Decoder[Any] = msgspec.json.Decoder(
-    _with_options(
-        "_RawRequest",
-        [*((vector, msgspec.Raw) for vector in _VECTORS), (_MATRIX, list[msgspec.Raw])],
-    )
-)
+# The narrowest float orjson prints itself (as its shortest round trip).
+_SHORTEST_PRINTED = np.dtype(np.float32)
 # What pysimdjson raises on anything but numbers: a non-number, a literal beyond float64
 # (1e999), an integer beyond 64 bits, a malformed document.
 _SIMDJSON_ERRORS = (ValueError, TypeError, RuntimeError)
@@ -107,49 +97,57 @@ _SIMDJSON_ERRORS = (ValueError, TypeError, RuntimeError)
 def decode_request(body: bytes | bytearray, max_elements: int | None = None) -> UpdatePayload:
     """Parse and validate a JSON request body straight from its bytes.
 
-    Raises `TooManyElementsError` when B*N + B + N exceeds `max_elements` (when given):
-    for a body over 16 KiB before the gradient matrix is parsed, for a smaller one once it
-    is decoded.
+    Raises `TooManyElementsError` when B*N + B + N exceeds `max_elements` (when given),
+    before the arrays are built; `MalformedJsonError` or `InvalidPayloadError` naming what
+    is wrong otherwise.
     """
     if not body or body.isspace():
         msg = "request body is empty; expected a JSON object"
         raise MalformedJsonError(msg)
-    payload = None if len(body) <= _TYPED_BYTES else decode_fast(body, max_elements)
-    if payload is None:
-        payload = _decode_typed(body)
-    if payload is None:
-        raise _refusal(body)
-    if max_elements is not None:
-        check_element_count(
-            payload.rewards.size,
-            payload.weights.size,
-            payload.log_prob_grads.size,
-            max_elements,
-        )
-    return payload
+    if len(body) > _COUNTED_BODY_BYTES:
+        _refuse_overfull(body)
+    if len(body) > _TYPED_BYTES:
+        payload = decode_fast(body, max_elements)
+        if payload is not None:
+            return payload
+    return _decode_typed(body, max_elements)
 
 
-def _refusal(body: bytes | bytearray) -> MalformedJsonError | InvalidPayloadError:
-    """Why the fast path refused `body`, in the words of the Pydantic model."""
-    try:
-        request = UpdateRequest.model_validate_json(body)
-    except ValidationError as exc:
-        errors = exc.errors(include_url=False)
-        if errors[0]["type"] == "json_invalid":
-            return MalformedJsonError(f"malformed JSON: {errors[0]['ctx']['error']}")
-        return InvalidPayloadError([describe_validation_error(error) for error in errors])
-    # The model accepted it: what the fast path refuses beyond the model is ragged rows.
+def _decode_typed(body: bytes | bytearray, max_elements: int | None) -> UpdatePayload:
+    """The payload of a body through lists of Python floats, or the problems that refuse it."""
+    request = _fast_decode(body)
+    if isinstance(request, msgspec.DecodeError):
+        raise refusal(body, request)
+    problems: list[InputProblem] = []
+    scalars: dict[str, tuple[float, bytes]] = {}
+    for name in SCALARS:
+        raw = getattr(request, name)
+        try:
+            scalars[name] = (FLOAT.decode(raw), bytes(raw))
+        except msgspec.ValidationError as exc:
+            problems.append(field_problem(name, raw, exc))
+    found, unlisted = value_problems(
+        request.weights, request.rewards, request.log_prob_grads, scalars
+    )
+    options, option_problems = read_options(
+        {name: raw for name in OPTIONS if (raw := getattr(request, name))}
+    )
+    problems = sorted([*problems, *found, *option_problems], key=field_order)
+    if problems or options is None:
+        raise InvalidPayloadError(problems, unlisted=unlisted)
     n = len(request.weights)
-    ragged = [
-        InputProblem(
-            ("log_prob_grads", i),
-            f"log_prob_grads[{i}] has {len(row)} entries; expected {n} (= len(weights))",
-        )
-        for i, row in enumerate(request.log_prob_grads)
-        if len(row) != n
-    ]
-    return InvalidPayloadError(
-        ragged or [InputProblem((), "the body does not satisfy the request contract")]
+    if max_elements is not None:
+        grads = sum(map(len, request.log_prob_grads))
+        check_element_count(len(request.rewards), n, grads, max_elements)
+    return UpdatePayload(
+        weights=np.array(request.weights, dtype=np.float64),
+        rewards=np.array(request.rewards, dtype=np.float64),
+        policy_log_probs=np.array(request.policy_log_probs, dtype=np.float64),
+        ref_log_probs=np.array(request.ref_log_probs, dtype=np.float64),
+        log_prob_grads=_matrix(request.log_prob_grads, n),
+        beta=scalars["beta"][0],
+        lr=scalars["lr"][0],
+        options=options,
     )
 
 
@@ -163,16 +161,18 @@ def decode_fast(body: bytes | bytearray, max_elements: int | None) -> UpdatePayl
     """
     try:
         request = _RAW_DECODER.decode(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # the typed path words either
         return None
     rows: list[msgspec.Raw] = getattr(request, _MATRIX)
-    options = _fast_options(request)
+    options, option_problems = read_options(
+        {name: raw for name in OPTIONS if (raw := getattr(request, name))}
+    )
     # Every '[' in a valid body opens an array this path reads (the keys and option values
     # that are strings are fixed words): one more is an array nested where a number
     # belongs, which the flat buffers below would silently flatten.
     brackets = len(_VECTORS) + 1 + len(rows)
-    brackets += sum(bytes(raw).count(b"[") for name in _OPTIONS if (raw := getattr(request, name)))
-    if options is None or body.count(b"[") != brackets:
+    brackets += sum(bytes(raw).count(b"[") for name in OPTIONS if (raw := getattr(request, name)))
+    if options is None or option_problems or body.count(b"[") != brackets:
         return None
     parser = simdjson.Parser()
     try:
@@ -232,20 +232,6 @@ def _parsed(parser: simdjson.Parser, text: msgspec.Raw | bytes) -> NDArray[np.fl
     return values
 
 
-def _decode_typed(body: bytes | bytearray) -> UpdatePayload | None:
-    """The payload of a valid body, through lists of Python floats; else None."""
-    try:
-        request = cast(_FastArrays, _TYPED_DECODER.decode(body))
-    except msgspec.DecodeError:
-        return None
-    options = _fast_options(request)
-    n = len(request.weights)
-    if any(len(row) != n for row in request.log_prob_grads) or options is None:
-        return None
-    vectors = {name: np.array(getattr(request, name), dtype=np.float64) for name in _VECTORS}
-    return _payload(vectors, _matrix(request.log_prob_grads, n), request, options)
-
-
 def _payload(
     vectors: dict[str, NDArray[np.float64]],
     grads: NDArray[np.float64],
@@ -253,7 +239,7 @@ def _payload(
     options: UpdateOptions,
 ) -> UpdatePayload | None:
     """The payload, once the rules of `UpdateRequest` beyond the core's shapes hold."""
-    beta, lr = (cast(float, getattr(request, name)) for name in _SCALARS)
+    beta, lr = (cast(float, getattr(request, name)) for name in SCALARS)
     if vectors["weights"].size == 0 or vectors["rewards"].size == 0 or beta < 0 or lr < 0:
         return None
     # Each vector by its name: a name added to _VECTORS reaches the payload field of that name.
@@ -261,24 +247,41 @@ def _payload(
     return UpdatePayload(**arrays, log_prob_grads=grads, beta=beta, lr=lr, options=options)
 
 
-def _matrix(rows: list[list[float]], n: int) -> NDArray[np.float64]:
+def _refuse_overfull(body: bytes | bytearray) -> None:
+    """Refuse a body that cannot be valid for its size before any of it is decoded.
+
+    Millions of short numbers or one-number rows cost 16 to 100 bytes of Python objects
+    per few bytes of text, and hold the interpreter for seconds. A count of the body's
+    brackets tells one with more arrays than a valid body of its size; for one dense with
+    short numbers, each field's length is checked (`json_refusal.overfull`).
+    """
+    too_many_arrays = body.count(b"[") > most_arrays(len(body))
+    if too_many_arrays or body.count(b",") > most_short_numbers(len(body)):
+        problem = overfull(body, sure=too_many_arrays)
+        if problem is not None:
+            raise problem
+
+
+def _fast_decode(body: bytes | bytearray) -> RequestFields | msgspec.DecodeError:
+    """The body as typed fields, or msgspec's reason to refuse it.
+
+    The reason is returned, not raised, so that nothing msgspec decoded before it stopped
+    is still referenced while the refusal reads the body again.
+    """
+    try:
+        return cast(RequestFields, _FAST_DECODER.decode(body))
+    except RecursionError:  # skipping an option nested past msgspec's recursion limit
+        raise nested_too_deeply() from None
+    except msgspec.DecodeError as exc:
+        return exc
+
+
+def _matrix(rows: Sequence[Sequence[float]], n: int) -> NDArray[np.float64]:
     """Rows of n floats each as one (len(rows), n) array."""
     # Filled from one flat iterator of known length, without np.array's walk of the
-    # nested lists to find their shape.
+    # nested sequences to find their shape.
     flat = np.fromiter(itertools.chain.from_iterable(rows), np.float64, len(rows) * n)
     return flat.reshape(-1, n)
-
-
-def _fast_options(request: object) -> UpdateOptions | None:
-    """The options of a body msgspec decoded, or None when UpdateOptionsModel refuses them."""
-    given = [(name, bytes(raw)) for name in _OPTIONS if (raw := getattr(request, name))]
-    if not given:
-        return UpdateOptions()
-    document = b"{" + b",".join(b'"%s":%s' % (name.encode(), raw) for name, raw in given) + b"}"
-    try:
-        return UpdateOptionsModel.model_validate_json(document).to_options()
-    except ValidationError:
-        return None
 
 
 def encode_response(result: UpdateResult) -> bytes:

@@ -97,3 +97,21 @@ def test_token_from_a_file(tmp_path: Path, example: dict[str, Any]) -> None:
         assert client.post("/update", json=example).status_code == 401
         ok = client.post("/update", json=example, headers={"Authorization": f"Bearer {TOKEN}"})
         assert ok.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        pytest.param([f"Bearer {TOKEN}", "Bearer wrong"], id="right-then-wrong"),
+        pytest.param(["Bearer wrong", f"Bearer {TOKEN}"], id="wrong-then-right"),
+        pytest.param([f"Bearer {TOKEN}", f"Bearer {TOKEN}"], id="right-twice"),
+    ],
+)
+def test_several_authorization_headers_are_401(
+    guarded: TestClient, example: dict[str, Any], values: list[str]
+) -> None:
+    headers = [("authorization", value) for value in values]
+    response = guarded.post("/update", json=example, headers=headers)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert "several Authorization headers" in response.json()["detail"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import struct
@@ -362,3 +363,30 @@ def test_service_keeps_serving_after_bad_requests(
         assert client.post("/update", content=body).status_code in {400, 422}
     assert client.post("/update", json=example).status_code == 200
     assert client.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize("coding", ["gzip", "br", "deflate", "gzip, identity"])
+def test_a_compressed_body_is_415_saying_so(
+    client: TestClient, example: dict[str, Any], coding: str
+) -> None:
+    body = gzip.compress(json.dumps(example).encode())
+    headers = {"content-type": "application/json", "content-encoding": coding}
+    response = client.post("/update", content=body, headers=headers)
+    problem = assert_problem(response, 415, "Content-Encoding", "uncompressed")
+    assert problem["type"] == "urn:rlhf-update:problem:unsupported-media-type"
+    assert response.headers["accept-encoding"] == "identity"
+
+
+def test_identity_content_coding_is_read(client: TestClient, example: dict[str, Any]) -> None:
+    headers = {"content-type": "application/json", "content-encoding": "identity"}
+    assert client.post("/update", json=example, headers=headers).status_code == 200
+
+
+@pytest.mark.parametrize("charset", ["latin-1", "iso-8859-1", "utf-16", "ascii"])
+def test_a_charset_other_than_utf8_is_415(
+    client: TestClient, example: dict[str, Any], charset: str
+) -> None:
+    headers = {"content-type": f"application/json; charset={charset}"}
+    response = client.post("/update", content=json.dumps(example).encode(), headers=headers)
+    problem = assert_problem(response, 415, "charset", "UTF-8")
+    assert problem["type"] == "urn:rlhf-update:problem:unsupported-media-type"

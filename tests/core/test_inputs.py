@@ -43,6 +43,27 @@ OK_ARGS: dict[str, Any] = dict(EXAMPLE)
         pytest.param(
             {"log_prob_grads": [0.5, -0.5]}, r"log_prob_grads is 1-D; expected 2-D", id="grads-1d"
         ),
+        # Empty arrays are named as empty, whatever shape NumPy gives them.
+        pytest.param(
+            {"policy_log_probs": []},
+            r"policy_log_probs is empty; expected 2 entries \(= len\(rewards\)\)",
+            id="empty-policy",
+        ),
+        pytest.param(
+            {"log_prob_grads": []},
+            r"log_prob_grads is empty; expected shape \(B, N\)",
+            id="empty-grads",
+        ),
+        pytest.param(
+            {"log_prob_grads": np.zeros((0, 2))},
+            r"log_prob_grads is empty; expected 2 rows \(= len\(rewards\)\)",
+            id="no-rows",
+        ),
+        pytest.param(
+            {"log_prob_grads": [[], []]},
+            r"log_prob_grads has empty rows; expected 2 entries \(= len\(weights\)\)",
+            id="empty-rows",
+        ),
         pytest.param(
             {"log_prob_grads": [[0.5, -0.5], [1.0]]}, r"log_prob_grads is not a 2-D", id="ragged"
         ),

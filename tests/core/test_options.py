@@ -312,6 +312,12 @@ def test_adaptive_kl_leaves_the_update_alone() -> None:
         ),
         pytest.param({"group_ids": [1]}, ("group_ids",), r"has 1 entries; expected 2", id="len"),
         pytest.param({"group_ids": [1.0, 2.0]}, ("group_ids",), r"float64 values", id="floats"),
+        pytest.param(
+            {"group_ids": []},
+            ("group_ids",),
+            r"group_ids is empty; expected 2 integers",
+            id="empty",
+        ),
         pytest.param({"group_ids": [10**30, 1]}, ("group_ids",), r"beyond int64", id="huge"),
         pytest.param(
             {"baseline": "rloo", "group_ids": [3, 4]},

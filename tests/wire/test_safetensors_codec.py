@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
+import struct
+import time
 
 import numpy as np
 import pytest
 from safetensors.numpy import save
 
 from app.errors import InvalidPayloadError, MalformedSafetensorsError
-from app.wire.safetensors_codec import decode_request
+from app.wire.safetensors_codec import MAX_HEADER_BYTES, MAX_HEADER_ENTRIES, decode_request
 from tests.helpers.tensors import example_tensors
 
 FIELDS = ("weights", "rewards", "policy_log_probs", "ref_log_probs", "log_prob_grads")
@@ -90,3 +93,56 @@ def test_per_sample_options_and_per_token_ones_are_refused_in_metadata(
         decode_request(bytearray(save(example_tensors(), metadata={key: "[1, 2]"})))
     assert info.value.problems[0].loc == ("__metadata__", key)
     assert phrase in info.value.problems[0].msg
+
+
+def _header_only(header: dict[str, object]) -> bytearray:
+    text = json.dumps(header).encode()
+    return bytearray(struct.pack("<Q", len(text)) + text)
+
+
+def _tensors(count: int) -> dict[str, object]:
+    return {f"t{i}": {"dtype": "F64", "shape": [0], "data_offsets": [0, 0]} for i in range(count)}
+
+
+@pytest.mark.parametrize(
+    ("header", "phrase"),
+    [
+        pytest.param(_tensors(300_000), f"at most {MAX_HEADER_BYTES}", id="300k-tensors"),
+        pytest.param(
+            {"__metadata__": {f"k{i}": "v" for i in range(400_000)}},
+            f"at most {MAX_HEADER_BYTES}",
+            id="400k-metadata-keys",
+        ),
+        pytest.param(
+            {"__metadata__": {"baseline": "x" * MAX_HEADER_BYTES}},
+            f"at most {MAX_HEADER_BYTES}",
+            id="long-value",
+        ),
+        pytest.param(
+            _tensors(MAX_HEADER_ENTRIES + 1), f"at most {MAX_HEADER_ENTRIES} in all", id="entries"
+        ),
+        pytest.param(
+            _tensors(MAX_HEADER_ENTRIES // 2)
+            | {"__metadata__": {f"k{i}": "v" for i in range(MAX_HEADER_ENTRIES // 2 + 1)}},
+            f"at most {MAX_HEADER_ENTRIES} in all",
+            id="tensors-and-metadata",
+        ),
+    ],
+)
+def test_a_header_beyond_the_limits_is_refused_at_once(
+    header: dict[str, object], phrase: str
+) -> None:
+    body = _header_only(header)
+    start = time.perf_counter()
+    with pytest.raises(MalformedSafetensorsError, match="safetensors header too large") as info:
+        decode_request(body)
+    assert time.perf_counter() - start < 0.05  # 12 s on the event loop before
+    assert phrase in info.value.detail
+    assert len(info.value.detail) < 200
+
+
+def test_a_header_at_the_limits_is_read_and_its_names_judged() -> None:
+    # Right at the entry limit the header is read: its problems are the payload's (422).
+    with pytest.raises(InvalidPayloadError) as info:
+        decode_request(_header_only(_tensors(MAX_HEADER_ENTRIES)))
+    assert info.value.problems[0].loc == ("weights",)
