@@ -11,7 +11,7 @@ float64. The README's Performance section has the measurements behind this split
 from __future__ import annotations
 
 import itertools
-from typing import cast
+from typing import Any, cast
 
 import msgspec
 import numpy as np
@@ -140,5 +140,8 @@ def _fast_options(request: _FastArrays) -> UpdateOptions | None:
 
 def encode_response(result: UpdateResult) -> bytes:
     """Serialise straight from the float64 buffer; floats print as their shortest round trip."""
-    body = {"weights": result.weights, "stats": stats_as_dict(result)}
+    body: dict[str, Any] = {"weights": result.weights, "stats": stats_as_dict(result)}
+    state = result.optimizer_state
+    if state is not None:
+        body["optimizer_state"] = {"step": state.step, **state.vectors()}
     return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
