@@ -26,6 +26,7 @@ from rlhf_client._errors import (
     UnsupportedMediaTypeError,
 )
 from rlhf_client._models import UpdateResult, UpdateStats
+from rlhf_client._optimizer import Optimizer
 from rlhf_client._version import __version__
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "Client",
     "ContentTooLargeError",
     "InternalServerError",
+    "Optimizer",
     "RLHFClientError",
     "ServiceUnavailableError",
     "UnprocessableEntityError",
