@@ -100,8 +100,9 @@ examples:
   rlhf-update demo --in-process --steps 40 --seeds 1 --png quick.png --csv quick.csv
 
 Trains a softmax policy on a 64-prompt x 8-response contextual bandit, one /update call per
-step, for beta in {0, 0.05, 0.2}, and with a +1 reward offset without and with the group
-mean baseline; writes the curves (PNG) and every measurement (CSV).
+batch of rollouts, for beta in {0, 0.05, 0.2}, and with a +1 reward offset without and with
+the group mean baseline; then beta 0.2 with PPO-clip (4 epochs on each batch) and AdamW;
+writes the curves (PNG) and every measurement (CSV).
 """
 
 
@@ -350,8 +351,10 @@ def _run_demo(args: argparse.Namespace) -> int:
     write_csv(records, args.csv)
     plot(records, args.png)
     elapsed = time.perf_counter() - started
+    # The PPO run makes several updates per batch of rollouts: count the calls made.
+    calls = {(r.seed, r.config): r.updates for r in records}
     print(summarize(records))
-    print(f"wrote {args.png} and {args.csv} in {elapsed:.1f} s ({total} updates)")
+    print(f"wrote {args.png} and {args.csv} in {elapsed:.1f} s ({sum(calls.values())} updates)")
     return EXIT_OK
 
 
@@ -363,7 +366,7 @@ def _progress(total: int, args: argparse.Namespace) -> Iterator[Callable[[], Non
     except ImportError:
         yield lambda: None
         return
-    with tqdm(total=total, unit="update", disable=args.no_progress, file=sys.stderr) as bar:
+    with tqdm(total=total, unit="batch", disable=args.no_progress, file=sys.stderr) as bar:
 
         def tick() -> None:
             bar.update(1)
