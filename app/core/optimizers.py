@@ -177,7 +177,7 @@ def state_problems(
         except (TypeError, ValueError, OverflowError):
             array = np.empty((0, 0))
         if array.shape != (n,):
-            shape = array.shape if array.ndim != 1 else f"{array.shape[0]} entries"
+            shape = f"shape {array.shape}" if array.ndim != 1 else f"{array.shape[0]} entries"
             msg = f"optimizer_state.{name} has {shape}; expected {n} numbers (= len(weights))"
             problems.append(InputProblem(loc, msg))
             continue

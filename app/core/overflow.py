@@ -36,6 +36,10 @@ _DESCRIPTIONS = {
     "coefficient": "the gradient coefficient of sample {i} (policy loss, TIS and KL loss)",
     "grad": "the policy gradient grad[{i}]",
     "new_weights": "the updated weight weights[{i}] + lr * grad[{i}]",
+    "stepped_weights": (
+        "the optimizer's new weight weights[{i}] (with eps 0, a gradient entry that was 0 at "
+        "every step gives 0 / 0)"
+    ),
 }
 
 

@@ -276,7 +276,10 @@ def compute_update(
         tis=None if tis is None else tis.stats,
         optimizer_step=None if new_state is None else new_state.step,
     )
-    require_finite(new_weights=new_weights)
+    if new_state is None or takes_plain_step(optimizer):
+        require_finite(new_weights=new_weights)
+    else:
+        require_finite(stepped_weights=new_weights)
     if new_state is not None:
         vectors = {f"optimizer_state.{k}": np.asarray(v) for k, v in new_state.vectors().items()}
         require_finite(estimator, **vectors)

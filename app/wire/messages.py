@@ -194,9 +194,9 @@ def _nested_problem(error: ErrorDetails, loc: tuple[Any, ...], got: str) -> Inpu
         shown = repr(value) if isinstance(value, str) else got
         return InputProblem(loc, f"{field}.type is {shown}; expected one of {allowed}")
     if loc[1:2] == ("betas",):
+        where = f"{field}.betas" + "".join(f"[{i}]" for i in loc[2:])
         return InputProblem(
-            loc[:2],
-            f"{field}.betas is {shorten(error.get('input'))}; expected two numbers in [0, 1)",
+            loc[:2], f"{where} is {shorten(error.get('input'))}; expected two numbers in [0, 1)"
         )
     return None
 

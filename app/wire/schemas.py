@@ -344,7 +344,10 @@ class UpdateStatsModel(BaseModel):
     advantage_std: float = Field(description="Standard deviation of the advantages A_i.")
     grad_norm: float = Field(description="L2 norm of the policy gradient, before clipping.")
     clipped: bool = Field(description="True if max_grad_norm scaled the gradient down.")
-    update_norm: float = Field(description="L2 norm of lr * gradient, the step applied.")
+    update_norm: float = Field(
+        description="L2 norm of the step applied: lr * gradient, or with an optimizer "
+        "||new weights - weights||."
+    )
     next_beta: float | None = Field(
         default=None,
         description="Adaptive KL controller's next beta; present only with target_kl and "

@@ -226,6 +226,42 @@ RULES = [
         id="momentum-buffer-missing",
     ),
     pytest.param(
+        {"optimizer": {"type": "adam", "momentum": 0.9}},
+        ["optimizer", "momentum"],
+        "applies to type 'sgd' only",
+        id="momentum-with-adam",
+    ),
+    pytest.param(
+        {"optimizer": {"type": "adamw", "dampening": 0.1}},
+        ["optimizer", "dampening"],
+        "applies to type 'sgd' only",
+        id="dampening-with-adamw",
+    ),
+    pytest.param(
+        {"optimizer": {"type": "sgd", "amsgrad": True}},
+        ["optimizer", "amsgrad"],
+        "applies to types 'adam' and 'adamw' only",
+        id="amsgrad-with-sgd",
+    ),
+    pytest.param(
+        {"optimizer": {"type": "adam", "bets": [0.9, 0.99]}},
+        ["optimizer", "bets"],
+        "unknown key 'bets' (did you mean 'betas'?)",
+        id="unknown-optimizer-key",
+    ),
+    pytest.param(
+        {"optimizer": "adamw"},
+        ["optimizer"],
+        "expected an object with type",
+        id="optimizer-not-an-object",
+    ),
+    pytest.param(
+        {"optimizer": ADAM, "optimizer_state": {"step": 0, "exp_avg": [[0, 0, 0]]}},
+        ["optimizer_state", "exp_avg", 0],
+        "expected a JSON number",
+        id="state-vector-nested",
+    ),
+    pytest.param(
         {"optimizer_state": {"step": 1}},
         ["optimizer_state"],
         "optimizer is not",
@@ -271,3 +307,25 @@ def test_a_bad_step_in_the_metadata_is_a_422_naming_its_key(
     [error] = problem["errors"]
     assert error["loc"] == ["__metadata__", "optimizer_state.step"]
     assert phrase in error["msg"]
+
+
+def test_a_zero_over_zero_step_is_a_422_that_says_why(client: TestClient) -> None:
+    # eps 0 and a gradient entry that is 0: m / sqrt(v) is 0 / 0, as in torch (NaN).
+    body = {
+        **BASE,
+        "log_prob_grads": [[row[0], row[1], 0.0] for row in BASE["log_prob_grads"]],
+        "optimizer": {"type": "adam", "eps": 0},
+    }
+    problem = assert_problem(client.post("/update", json=body), 422)
+    [error] = problem["errors"]
+    assert error["loc"] == ["stepped_weights", 2]
+    assert "with eps 0, a gradient entry that was 0 at every step gives 0 / 0" in error["msg"]
+
+
+def test_a_state_that_overflows_is_a_422_naming_it(client: TestClient) -> None:
+    # g^2 overflows float64 in v although every input is finite.
+    body = {**BASE, "rewards": [1e200] * 4, "beta": 0.0, "optimizer": ADAM}
+    problem = assert_problem(client.post("/update", json=body), 422)
+    [error] = problem["errors"]
+    assert error["loc"][0] == "optimizer_state.exp_avg_sq"
+    assert "overflows float64" in error["msg"]
