@@ -186,7 +186,8 @@ def _options_from_binary(metadata: dict[str, str], tensors: dict[str, Any]) -> U
             )
             if key in _OPTION_TENSORS:
                 kind = "an integer" if key in INTEGER_SAMPLE_OPTIONS else "a float"
-                msg = f"__metadata__ has {key}; send it as {kind} tensor of shape (B,)"
+                shape = "(N,)" if key in STATE_VECTORS else "(B,)"
+                msg = f"__metadata__ has {key}; send it as {kind} tensor of shape {shape}"
             elif key in PER_TOKEN_FIELDS:
                 msg = per_token_message(key, "is not an option here")
             problems.append(InputProblem(("__metadata__", key), msg))

@@ -329,3 +329,15 @@ def test_a_state_that_overflows_is_a_422_naming_it(client: TestClient) -> None:
     [error] = problem["errors"]
     assert error["loc"][0] == "optimizer_state.exp_avg_sq"
     assert "overflows float64" in error["msg"]
+
+
+def test_a_state_vector_in_the_metadata_is_a_422_saying_to_send_a_tensor(
+    client: TestClient,
+) -> None:
+    tensors, metadata = as_safetensors({**BASE, "optimizer": ADAM})
+    metadata["exp_avg"] = "[0, 0, 0]"
+    response = client.post("/update", content=save(tensors, metadata=metadata), headers=BINARY)
+    problem = assert_problem(response, 422)
+    [error] = problem["errors"]
+    assert error["loc"] == ["__metadata__", "exp_avg"]
+    assert "send it as a float tensor of shape (N,)" in error["msg"]
