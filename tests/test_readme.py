@@ -129,3 +129,33 @@ def test_worked_ppo_example_is_the_services_answer(client: TestClient) -> None:
     assert shown is not None
     grad = [float(x.replace(MINUS, "-")) for x in shown.groups()]
     assert grad == [round(w, 4) for w in answer["weights"]]
+
+
+def test_two_call_optimizer_example_is_the_services_answer(client: TestClient) -> None:
+    example = README.split("Worked example, two AdamW calls", 1)[1].split("\n#", 1)[0]
+    first, first_answer, second, second_answer = (
+        orjson.loads(block) for block in re.findall(r"^    (\{.+?\})$", example, re.M)
+    )
+    assert client.post("/update", json=first).json() == first_answer
+    # The second request is the first with the answer's weights and state sent back.
+    assert second == {
+        **first,
+        "weights": first_answer["weights"],
+        "optimizer_state": first_answer["optimizer_state"],
+    }
+    assert client.post("/update", json=second).json() == second_answer
+    # The numbers worked by hand: each step moves a weight by 0.1 / (1 + 2e-8) after the
+    # decay by 1 - lr * 0.01 = 0.999.
+    move = 0.1 / (1 + 2e-8)
+    w1 = 0.999 + move
+    w2 = w1 * 0.999 + move
+    assert first_answer["weights"][0] == pytest.approx(w1, rel=1e-14)
+    assert second_answer["weights"][0] == pytest.approx(w2, rel=1e-14)
+    assert f"{w1:.9f}" in example
+    assert f"{w2:.9f}" in example
+    for answer, m, v in ((first_answer, 0.05, 0.00025), (second_answer, 0.095, 0.00049975)):
+        # The README writes the minus sign as U+2212.
+        assert f"[{MINUS}{m}, {m}]" in example
+        state = answer["optimizer_state"]
+        assert state["exp_avg"] == pytest.approx([-m, m], rel=1e-14)
+        assert state["exp_avg_sq"] == pytest.approx([v, v], rel=1e-14)

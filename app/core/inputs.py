@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
+from .optimizers import StateVector, optimizer_problems, state_problems
 from .options import (
     FLOAT_SAMPLE_OPTIONS,
     Groups,
@@ -49,6 +50,7 @@ class CheckedInputs:
     lr: float
     groups: Groups | None  # None without a baseline
     lengths: FloatArray | None  # `sequence_lengths` as floats, when sent
+    state: dict[StateVector, FloatArray]  # the optimizer state's vectors sent, float64
 
 
 def check_inputs(
@@ -72,6 +74,9 @@ def check_inputs(
     beta_value = _as_scalar("beta", beta, problems)
     lr_value = _as_scalar("lr", lr, problems)
     problems += [InputProblem((name,), msg) for name, msg in option_problems(options)]
+    if options.optimizer is not None:
+        problems += [InputProblem(loc, msg) for loc, msg in optimizer_problems(options.optimizer)]
+    state: dict[StateVector, FloatArray] = {}
     groups = None  # only a baseline needs them
     lengths = None
     if not problems:
@@ -86,6 +91,11 @@ def check_inputs(
                 options.sequence_lengths, batch_size
             )
             problems += [InputProblem(loc, msg) for loc, msg in length_problems]
+        if options.optimizer_state is not None and not problems:
+            state, state_problem_list = state_problems(
+                options.optimizer_state, options.optimizer, arrays["weights"].shape[0]
+            )
+            problems += state_problem_list
         if not problems and options.baseline != "none":
             groups = Groups.whole_batch(batch_size) if ids is None else Groups.from_ids(ids)
             if options.baseline == "rloo":
@@ -101,7 +111,7 @@ def check_inputs(
         ]
     if problems:
         raise InvalidInputError(problems)
-    return CheckedInputs(arrays, beta_value, lr_value, groups, lengths)
+    return CheckedInputs(arrays, beta_value, lr_value, groups, lengths, state)
 
 
 def _rloo_problems(groups: Groups, *, grouped: bool) -> list[InputProblem]:

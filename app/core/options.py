@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
@@ -10,6 +9,8 @@ from typing import Literal, get_args
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from .optimizers import Optimizer, OptimizerState
+from .overflow import finite_or_nan
 from .results import Loc
 
 __all__ = [
@@ -148,6 +149,8 @@ class UpdateOptions:
     tis_max: float = 2.0
     tis_min: float | None = None
     tis_batch_normalize: bool = False
+    optimizer: Optimizer | None = None
+    optimizer_state: OptimizerState | None = None
 
     @property
     def estimator(self) -> KlEstimatorName:
@@ -238,16 +241,16 @@ def _number_problems(options: UpdateOptions) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     for name in POSITIVE_OPTIONS:
         value = getattr(options, name)
-        if value is not None and not _number(value) > 0:
+        if value is not None and not finite_or_nan(value) > 0:
             problems.append((name, f"{name} is {value!r}; expected a finite number > 0"))
     for name in _NON_NEGATIVE_OPTIONS:
         value = getattr(options, name)
-        if value is not None and not _number(value) >= 0:
+        if value is not None and not finite_or_nan(value) >= 0:
             problems.append((name, f"{name} is {value!r}; expected a finite number >= 0"))
-    if not 0 <= _number(options.clip_eps_low) < 1:
+    if not 0 <= finite_or_nan(options.clip_eps_low) < 1:
         msg = f"clip_eps_low is {options.clip_eps_low!r}; expected a number in [0, 1)"
         problems.append(("clip_eps_low", msg))
-    if options.dual_clip_c is not None and not _number(options.dual_clip_c) > 1:
+    if options.dual_clip_c is not None and not finite_or_nan(options.dual_clip_c) > 1:
         msg = f"dual_clip_c is {options.dual_clip_c!r}; expected a finite number > 1"
         problems.append(("dual_clip_c", msg))
     problems += _reward_clip_problems(options.reward_clip)
@@ -258,14 +261,14 @@ def _reward_clip_problems(value: object) -> list[tuple[str, str]]:
     if value is None:
         return []
     if isinstance(value, Sequence | np.ndarray) and not isinstance(value, str):
-        pair = [_number(bound) for bound in value]
-        # _number makes a bound that is not finite NaN, which fails the comparison.
+        pair = [finite_or_nan(bound) for bound in value]
+        # finite_or_nan makes a bound that is not finite NaN, which fails the comparison.
         if len(pair) == 2 and pair[0] < pair[1]:
             return []
         shown = "[" + ", ".join(repr(bound) for bound in value) + "]"
         msg = f"reward_clip is {shown}; expected [low, high], finite numbers with low < high"
         return [("reward_clip", msg)]
-    if _number(value) > 0:
+    if finite_or_nan(value) > 0:
         return []
     msg = f"reward_clip is {value!r}; expected a finite number > 0, or [low, high]"
     return [("reward_clip", msg)]
@@ -312,15 +315,6 @@ def _combination_problems(options: UpdateOptions) -> list[tuple[str, str]]:
         msg = f"tis_min is {options.tis_min!r}; expected a number below tis_max ({options.tis_max})"
         problems.append(("tis_min", msg))
     return problems
-
-
-def _number(value: object) -> float:
-    """`value` as a finite float, NaN when it is not one (so that every comparison fails)."""
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError, OverflowError):
-        return math.nan
-    return number if math.isfinite(number) else math.nan
 
 
 def group_id_problems(

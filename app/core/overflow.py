@@ -13,10 +13,21 @@ import numpy as np
 from .results import AnyFloatArray, FloatArray, InputProblem, UpdateOverflowError, UpdateStats
 
 __all__ = [
+    "finite_or_nan",
     "first_non_finite",
     "require_finite",
     "require_finite_stats",
 ]
+
+
+def finite_or_nan(value: object) -> float:
+    """`value` as a finite float, NaN when it is not one (so that every comparison fails)."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        return math.nan
+    return number if math.isfinite(number) else math.nan
+
 
 _DESCRIPTIONS = {
     "kl": "the KL estimate policy_log_probs[{i}] - ref_log_probs[{i}]",
@@ -25,6 +36,10 @@ _DESCRIPTIONS = {
     "coefficient": "the gradient coefficient of sample {i} (policy loss, TIS and KL loss)",
     "grad": "the policy gradient grad[{i}]",
     "new_weights": "the updated weight weights[{i}] + lr * grad[{i}]",
+    "stepped_weights": (
+        "the optimizer's new weight weights[{i}] (with eps 0, a gradient entry that was 0 at "
+        "every step gives 0 / 0)"
+    ),
 }
 
 
@@ -49,7 +64,8 @@ def require_finite(estimator: str = "k1", **quantities: FloatArray) -> None:
     for name, values in quantities.items():
         index = first_non_finite(values)
         if index is not None:
-            what = _DESCRIPTIONS[name].format(i=index[0])
+            # Other quantities (the optimizer's new state) are named as they are.
+            what = _DESCRIPTIONS.get(name, f"the new {name}[{{i}}]").format(i=index[0])
             if name == "kl" and estimator != "k1":
                 what = f"the {estimator} KL estimate of sample {index[0]}"
             msg = f"{what} overflows float64 ({values[index]}); scale down the inputs or lr"

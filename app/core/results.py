@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
+
+if TYPE_CHECKING:
+    from .optimizers import OptimizerState
 
 __all__ = [
     "MAX_LISTED_PROBLEMS",
@@ -124,8 +128,8 @@ class TisStats:
 class UpdateStats:
     """Diagnostics of one update, for the caller's logs.
 
-    `ratio`, `kl_loss_mean` and `tis` are None unless their option is on: a policy loss
-    other than "pg", `kl_loss_coef` > 0, `tis_mode`.
+    `ratio`, `kl_loss_mean`, `tis` and `optimizer_step` are None unless their option is
+    on: a policy loss other than "pg", `kl_loss_coef` > 0, `tis_mode`, `optimizer`.
     """
 
     kl_mean: float
@@ -143,6 +147,7 @@ class UpdateStats:
     ratio: RatioStats | None = None
     kl_loss_mean: float | None = None
     tis: TisStats | None = None
+    optimizer_step: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,3 +156,5 @@ class UpdateResult:
 
     weights: AnyFloatArray
     stats: UpdateStats
+    # The optimizer's new state, with `optimizer` only (`app.core.optimizers`).
+    optimizer_state: OptimizerState | None = None

@@ -5,6 +5,7 @@ The numeric core of the service: the formula and its options. Pure NumPy, no I/O
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any, cast
@@ -16,6 +17,7 @@ from .advantages import advantages, kl_estimate, whiten
 from .aggregation import aggregation
 from .inputs import check_inputs
 from .kl_loss import kl_loss_terms
+from .optimizers import OptimizerState, optimizer_step, takes_plain_step
 from .options import KlEstimatorName, UpdateOptions
 from .overflow import first_non_finite, require_finite, require_finite_stats
 from .policy_loss import policy_coefficients
@@ -172,7 +174,8 @@ def compute_update(
        (`app.core.aggregation`; by default ``1/B``, so that ``g = A @ log_prob_grads / B``);
     6. ``g *= max_grad_norm / (||g|| + 1e-6)`` when that factor is below 1, exactly as
        ``torch.nn.utils.clip_grad_norm_``;
-    7. ``w' = weights + lr * g``.
+    7. ``w' = weights + lr * g``; with `optimizer`, one step of SGD, Adam or AdamW along
+       ``g`` from `optimizer_state` (`app.core.optimizers`), which also returns the new state.
 
     With `target_kl` and `kl_horizon`, ``stats.next_beta`` is the adaptive KL
     controller's next coefficient (Ziegler et al. 2019; verl's and OpenRLHF's
@@ -243,8 +246,21 @@ def compute_update(
             grad = grad * factor
             step_norm = l2_norm(grad)
             clipped = True
-    # lr = 0 returns the weights bit for bit: w + 0.0 would turn -0.0 into 0.0.
-    new_weights = w + checked.lr * grad if checked.lr else w.copy()
+    optimizer = options.optimizer
+    state = options.optimizer_state or OptimizerState()
+    new_state = None
+    if takes_plain_step(optimizer):
+        # lr = 0 returns the weights bit for bit: w + 0.0 would turn -0.0 into 0.0.
+        new_weights = w + checked.lr * grad if checked.lr else w.copy()
+        update_norm = checked.lr * step_norm
+        if optimizer is not None:
+            new_state = OptimizerState(step=int(state.step) + 1)
+    else:
+        assert optimizer is not None  # takes_plain_step said so
+        new_weights, new_state = optimizer_step(
+            w, grad, checked.lr, optimizer, int(state.step), checked.state
+        )
+        update_norm = l2_norm(new_weights - w)
     kl_mean = mean(kl)
     reward_mean = mean(r)
     advantage_mean = mean(advantage)
@@ -260,16 +276,23 @@ def compute_update(
         advantage_std=sample_std(advantage, advantage_mean),
         grad_norm=grad_norm,
         clipped=clipped,
-        update_norm=checked.lr * step_norm,
+        update_norm=update_norm,
         next_beta=_next_beta(checked.beta, kl_mean, r.size, options),
         kl_estimates=_kl_estimates(log_ratio, own_estimate),
         ratio=terms.stats,
         kl_loss_mean=None if kl_loss is None else kl_loss.mean,
         tis=None if tis is None else tis.stats,
+        optimizer_step=None if new_state is None else new_state.step,
     )
-    require_finite(new_weights=new_weights)
+    if new_state is None or takes_plain_step(optimizer):
+        require_finite(new_weights=new_weights)
+    else:
+        require_finite(stepped_weights=new_weights)
+    if new_state is not None:
+        vectors = {f"optimizer_state.{k}": np.asarray(v) for k, v in new_state.vectors().items()}
+        require_finite(estimator, **vectors)
     require_finite_stats(stats)
-    return UpdateResult(weights=new_weights, stats=stats)
+    return UpdateResult(weights=new_weights, stats=stats, optimizer_state=new_state)
 
 
 def _clip_rewards(rewards: FloatArray, bound: float | Sequence[float]) -> FloatArray:
@@ -343,7 +366,7 @@ def in_weights_dtype(result: UpdateResult, dtype: np.dtype[np.floating[Any]]) ->
             f"({result.weights[i]}); scale down the inputs or lr, or send float64 weights"
         )
         raise UpdateOverflowError([InputProblem(("new_weights", i), msg)])
-    return UpdateResult(weights=weights, stats=result.stats)
+    return dataclasses.replace(result, weights=weights)
 
 
 def _gradient(

@@ -293,5 +293,8 @@ def encode_response(result: UpdateResult) -> bytes:
     weights = result.weights
     if weights.dtype.itemsize < _SHORTEST_PRINTED.itemsize:
         weights = weights.astype(np.float64)
-    body = {"weights": weights, "stats": stats_as_dict(result)}
+    body: dict[str, Any] = {"weights": weights, "stats": stats_as_dict(result)}
+    state = result.optimizer_state
+    if state is not None:
+        body["optimizer_state"] = {"step": state.step, **state.vectors()}
     return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)

@@ -13,8 +13,15 @@ from pydantic_core import ErrorDetails
 
 from ..core import InputProblem, format_loc
 from ..core.inputs import LOG_PROB_ARRAYS
+from ..core.optimizers import OPTIMIZER_TYPES
 from ..core.options import PER_TOKEN_FIELDS, per_token_message
-from .schemas import REWARD_CLIP_ERROR, UpdateOptionsModel, UpdateRequest
+from .schemas import (
+    REWARD_CLIP_ERROR,
+    OptimizerModel,
+    OptimizerStateModel,
+    UpdateOptionsModel,
+    UpdateRequest,
+)
 
 __all__ = [
     "ARRAYS_AND_SCALARS",
@@ -199,6 +206,13 @@ def describe_validation_error(error: ErrorDetails) -> InputProblem:
     value = error.get("input")
     got = json_kind(value)
     field = loc[0] if loc else None
+    if field in _OBJECTS:
+        nested = _nested_problem(error, loc, got)
+        if nested is not None:
+            return nested
+        # The key of an object is named with a dot: optimizer.momentum, not optimizer[momentum].
+        path = f"{field}.{format_loc(loc[1:])}" if len(loc) > 1 else path
+        field = loc[1] if len(loc) > 1 else field
     if kind == "model_type":
         return InputProblem((), not_an_object(got))
     if kind == "missing":
@@ -252,6 +266,38 @@ def describe_validation_error(error: ErrorDetails) -> InputProblem:
 
 def _is_integer(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+# The options that are objects, with the keys each takes.
+_OBJECTS: dict[str, tuple[str, ...]] = {
+    "optimizer": tuple(OptimizerModel.model_fields),
+    "optimizer_state": tuple(OptimizerStateModel.model_fields),
+}
+
+
+def _nested_problem(error: ErrorDetails, loc: tuple[Any, ...], got: str) -> InputProblem | None:
+    """The errors of an object option that its own keys' names word; None for the others."""
+    kind, field = error["type"], str(loc[0])
+    keys = _OBJECTS[field]
+    if kind in ("model_type", "model_attributes_type", "dict_type") and len(loc) == 1:
+        return InputProblem(loc, f"{field} is {got}; expected an object with {', '.join(keys)}")
+    if kind == "extra_forbidden" and len(loc) == 2:
+        key = str(loc[1])
+        suggestion = did_you_mean(key, keys)
+        listed = ", ".join(keys)
+        msg = f"{field} has the unknown key {shorten(key)!r}{suggestion}; expected only {listed}"
+        return InputProblem(loc, msg)
+    if kind == "literal_error" and loc[1:] == ("type",):
+        allowed = ", ".join(repr(value) for value in OPTIMIZER_TYPES)
+        value = error.get("input")
+        shown = repr(value) if isinstance(value, str) else got
+        return InputProblem(loc, f"{field}.type is {shown}; expected one of {allowed}")
+    if loc[1:2] == ("betas",):
+        where = f"{field}.betas" + "".join(f"[{i}]" for i in loc[2:])
+        return InputProblem(
+            loc[:2], f"{where} is {shorten(error.get('input'))}; expected two numbers in [0, 1)"
+        )
+    return None
 
 
 def _field_list() -> str:

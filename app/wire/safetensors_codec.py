@@ -28,6 +28,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save
 
 from ..core import ARRAY_SHAPES, InputProblem, UpdateOptions, UpdateResult, shape_text
+from ..core.optimizers import STATE_VECTORS, OptimizerState
 from ..core.options import (
     FLOAT_SAMPLE_OPTIONS,
     INTEGER_SAMPLE_OPTIONS,
@@ -47,12 +48,20 @@ _SCALARS = ("beta", "lr")
 _TENSORS = (*ARRAY_SHAPES, *_SCALARS)
 # The options of one value per sample travel as tensors; every other option as a string
 # in __metadata__.
-_OPTION_TENSORS = (*INTEGER_SAMPLE_OPTIONS, *FLOAT_SAMPLE_OPTIONS)
-_METADATA_OPTIONS = tuple(
-    name for name in UpdateOptionsModel.model_fields if name not in _OPTION_TENSORS
+# The optimizer's state travels as its vectors (tensors) and its step (a metadata string).
+_STATE = "optimizer_state"
+_STEP_KEY = f"{_STATE}.step"
+_OPTION_TENSORS = (*INTEGER_SAMPLE_OPTIONS, *FLOAT_SAMPLE_OPTIONS, *STATE_VECTORS)
+_METADATA_OPTIONS = (
+    *(
+        name
+        for name in UpdateOptionsModel.model_fields
+        if name not in _OPTION_TENSORS and name != _STATE
+    ),
+    _STEP_KEY,
 )
-# Metadata options whose string may be JSON text for an array, e.g. "[-1, 2]".
-_JSON_TEXT_OPTIONS = ("reward_clip",)
+# Metadata options whose string may be JSON text for an array or an object, e.g. "[-1, 2]".
+_JSON_TEXT_OPTIONS = ("reward_clip", "optimizer")
 # Little-endian, as the format stores them; the integer ones are for the integer options.
 # NumPy has no bfloat16: ml_dtypes' (the upper half of a float32's bits) widens exactly to
 # float64 and rounds float64 to nearest, ties to even, as NumPy's own casts do.
@@ -131,9 +140,18 @@ def decode_request(body: bytearray, max_elements: int | None = None) -> UpdatePa
 
 def encode_response(result: UpdateResult) -> bytes:
     """One tensor `weights` in the dtype of the result (the request's weights' dtype, BF16
-    included); the stats as JSON in the metadata."""
-    stats = orjson.dumps(stats_as_dict(result)).decode()
-    return save({_ANSWER_TENSOR: result.weights}, metadata={_STATS_KEY: stats})
+    included); the stats as JSON in the metadata.
+
+    With an optimizer, its new state too: the vectors as F64 tensors, the step as
+    ``optimizer_state.step`` in the metadata.
+    """
+    metadata = {_STATS_KEY: orjson.dumps(stats_as_dict(result)).decode()}
+    tensors: dict[str, NDArray[Any]] = {_ANSWER_TENSOR: result.weights}
+    state = result.optimizer_state
+    if state is not None:
+        metadata[_STEP_KEY] = str(state.step)
+        tensors |= {name: np.asarray(value) for name, value in state.vectors().items()}
+    return save(tensors, metadata=metadata)
 
 
 def describe_layout() -> dict[str, Any]:
@@ -158,6 +176,9 @@ def describe_layout() -> dict[str, Any]:
         name: {"shape": "(B,)", "dtypes": floats, "required": False}
         for name in FLOAT_SAMPLE_OPTIONS
     }
+    tensors |= {
+        name: {"shape": "(N,)", "dtypes": floats, "required": False} for name in STATE_VECTORS
+    }
     return {
         "request": {"tensors": tensors, "metadata": list(_METADATA_OPTIONS)},
         "response": {
@@ -168,7 +189,11 @@ def describe_layout() -> dict[str, Any]:
                     "dtype": "the dtype of the request's weights",
                 }
             },
-            "metadata": {_STATS_KEY: "the stats object of the JSON answer, as JSON text"},
+            "metadata": {
+                _STATS_KEY: "the stats object of the JSON answer, as JSON text",
+                _STEP_KEY: "with optimizer: the new step, a decimal string; the new state's "
+                "vectors are F64 tensors named as in the request",
+            },
         },
     }
 
@@ -189,13 +214,17 @@ def _options_from_binary(metadata: dict[str, str], tensors: dict[str, Any]) -> U
             )
             if key in _OPTION_TENSORS:
                 kind = "an integer" if key in INTEGER_SAMPLE_OPTIONS else "a float"
-                msg = f"__metadata__ has {key}; send it as {kind} tensor of shape (B,)"
+                shape = "(N,)" if key in STATE_VECTORS else "(B,)"
+                msg = f"__metadata__ has {key}; send it as {kind} tensor of shape {shape}"
             elif key in PER_TOKEN_FIELDS:
                 msg = per_token_message(key, "is not an option here")
             problems.append(InputProblem(("__metadata__", key), msg))
     if problems:
         raise InvalidPayloadError(problems)
-    values: dict[str, Any] = {**metadata}
+    values: dict[str, Any] = {key: value for key, value in metadata.items() if key != _STEP_KEY}
+    state_tensors = {name: tensors.pop(name) for name in STATE_VECTORS if name in tensors}
+    if _STEP_KEY in metadata or state_tensors:
+        values[_STATE] = {"step": metadata.get(_STEP_KEY, "0")}
     for key in _JSON_TEXT_OPTIONS:
         if key in values:
             with contextlib.suppress(orjson.JSONDecodeError):
@@ -204,11 +233,20 @@ def _options_from_binary(metadata: dict[str, str], tensors: dict[str, Any]) -> U
         model = UpdateOptionsModel.model_validate(values, strict=False)
     except ValidationError as exc:
         problems = [describe_validation_error(error) for error in exc.errors(include_url=False)]
-        raise InvalidPayloadError(
-            [InputProblem(("__metadata__", *p.loc), p.msg) for p in problems]
-        ) from None
+        raise InvalidPayloadError([_in_metadata(problem) for problem in problems]) from None
     options = model.to_options()
+    if options.optimizer_state is not None:
+        step = options.optimizer_state.step
+        tensors[_STATE] = OptimizerState(step=step, **state_tensors)
     return dataclasses.replace(options, **tensors) if tensors else options
+
+
+def _in_metadata(problem: InputProblem) -> InputProblem:
+    """A problem of a metadata string, located at its key (the step at its own key)."""
+    if problem.loc[:2] == (_STATE, "step"):
+        msg = problem.msg.replace(f"{_STATE}.step is", f"__metadata__ {_STEP_KEY} is")
+        return InputProblem(("__metadata__", _STEP_KEY), msg)
+    return InputProblem(("__metadata__", *problem.loc), problem.msg)
 
 
 def _read_header(body: bytearray) -> tuple[list[_Tensor], dict[str, str], int]:
@@ -307,7 +345,7 @@ def _dtype_problems(by_name: dict[str, _Tensor]) -> list[InputProblem]:
         if tensor is not None and tensor.dtype not in _INTEGERS:
             msg = f"{name} has dtype {tensor.dtype}; expected an integer dtype (I64, I32, ...)"
             problems.append(InputProblem((name,), msg))
-    for name in FLOAT_SAMPLE_OPTIONS:
+    for name in (*FLOAT_SAMPLE_OPTIONS, *STATE_VECTORS):
         tensor = by_name.get(name)
         if tensor is not None and tensor.dtype not in _FLOATS:
             problems.append(

@@ -8,6 +8,7 @@ from typing import Annotated, Any, get_args
 from pydantic import BaseModel, ConfigDict, FailFast, Field, PlainValidator, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
+from ..core.optimizers import Optimizer, OptimizerState, OptimizerType
 from ..core.options import (
     Baseline,
     GrpoScale,
@@ -22,6 +23,8 @@ from ..core.options import (
 __all__ = [
     "REFERENCE_EXAMPLE",
     "ErrorItem",
+    "OptimizerModel",
+    "OptimizerStateModel",
     "OptionInfo",
     "Problem",
     "ServiceInfo",
@@ -80,6 +83,65 @@ RewardClip = Annotated[
         }
     ),
 ]
+
+Beta = Annotated[float, Field(ge=0, lt=1)]
+
+
+class OptimizerModel(BaseModel):
+    """torch.optim's settings of SGD, Adam and AdamW; the top-level `lr` is the learning rate."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    type: OptimizerType = Field(
+        default="sgd", description="sgd (torch.optim.SGD), adam (Adam), adamw (AdamW)."
+    )
+    momentum: NonNegative = Field(default=0.0, description="SGD: the momentum factor mu.")
+    dampening: NonNegative = Field(default=0.0, description="SGD: the dampening tau.")
+    nesterov: bool = Field(
+        default=False, description="SGD: Nesterov momentum (momentum > 0, dampening 0)."
+    )
+    weight_decay: NonNegative | None = Field(
+        default=None,
+        description="L2 penalty lambda (SGD, Adam: g + lambda w; AdamW: w (1 - lr lambda)); "
+        "default 0, for adamw 0.01.",
+    )
+    # A list of two, not a tuple: the options are validated from decoded JSON in strict
+    # mode, where a tuple field would take only a Python tuple.
+    betas: Annotated[list[Beta], Field(min_length=2, max_length=2)] = Field(
+        default=[0.9, 0.999], description="Adam, AdamW: [beta1, beta2], each in [0, 1)."
+    )
+    eps: NonNegative = Field(default=1e-8, description="Adam, AdamW: added to sqrt(v).")
+    amsgrad: bool = Field(default=False, description="Adam, AdamW: keep the max of v.")
+
+    def to_core(self) -> Optimizer:
+        """The core's view of these settings."""
+        values = {name: getattr(self, name) for name in OptimizerModel.model_fields}
+        return Optimizer(**values | {"betas": tuple(self.betas)})
+
+
+class OptimizerStateModel(BaseModel):
+    """The optimizer's state, named as torch's ``state_dict()["state"][0]``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    step: Annotated[int, Field(ge=0, le=2**63 - 1)] = Field(
+        default=0, description="Steps taken so far (returned for SGD too)."
+    )
+    exp_avg: OptionalNumbers = Field(default=None, description="Adam: first moment m, (N,).")
+    exp_avg_sq: OptionalNumbers = Field(default=None, description="Adam: second moment v, (N,).")
+    max_exp_avg_sq: OptionalNumbers = Field(
+        default=None, description="AMSGrad: the running max of v, (N,)."
+    )
+    momentum_buffer: OptionalNumbers = Field(
+        default=None, description="SGD with momentum: the buffer, (N,)."
+    )
+
+    def to_core(self) -> OptimizerState:
+        """The core's view of this state."""
+        return OptimizerState(
+            **{name: getattr(self, name) for name in OptimizerStateModel.model_fields}
+        )
+
 
 REFERENCE_EXAMPLE: dict[str, Any] = {
     "weights": [1.0, 1.0],
@@ -221,11 +283,23 @@ class UpdateOptionsModel(BaseModel):
         description="Divide the TIS weights by their batch mean after truncation or masking.",
     )
 
+    optimizer: OptimizerModel | None = Field(
+        default=None,
+        description="The step rule; absent: plain ascent w + lr * grad. Fed g = -grad, "
+        "as torch.optim minimises.",
+    )
+    optimizer_state: OptimizerStateModel | None = Field(
+        default=None,
+        description="The state the previous answer returned; absent: a fresh optimizer.",
+    )
+
     def to_options(self) -> UpdateOptions:
         """The core's view of these options."""
-        return UpdateOptions(
-            **{name: getattr(self, name) for name in UpdateOptionsModel.model_fields}
-        )
+        values = {name: getattr(self, name) for name in UpdateOptionsModel.model_fields}
+        for name in ("optimizer", "optimizer_state"):
+            if values[name] is not None:
+                values[name] = values[name].to_core()
+        return UpdateOptions(**values)
 
 
 class _UpdateArrays(BaseModel):
@@ -277,7 +351,10 @@ class UpdateStatsModel(BaseModel):
     advantage_std: float = Field(description="Standard deviation of the advantages A_i.")
     grad_norm: float = Field(description="L2 norm of the policy gradient, before clipping.")
     clipped: bool = Field(description="True if max_grad_norm scaled the gradient down.")
-    update_norm: float = Field(description="L2 norm of lr * gradient, the step applied.")
+    update_norm: float = Field(
+        description="L2 norm of the step applied: lr * gradient, or with an optimizer "
+        "||new weights - weights||."
+    )
     next_beta: float | None = Field(
         default=None,
         description="Adaptive KL controller's next beta; present only with target_kl and "
@@ -342,6 +419,9 @@ class UpdateStatsModel(BaseModel):
         description="Effective sample size of the TIS weights, 1 / mean((w / "
         "mean w)^2), in (0, 1].",
     )
+    optimizer_step: int | None = Field(
+        default=None, description="The optimizer's step count after this step; with optimizer."
+    )
 
 
 class UpdateResponse(BaseModel):
@@ -349,6 +429,9 @@ class UpdateResponse(BaseModel):
 
     weights: list[float] = Field(description="weights + lr * grad, shape (N,).")
     stats: UpdateStatsModel
+    optimizer_state: OptimizerStateModel | None = Field(
+        default=None, description="The optimizer's new state; only with optimizer."
+    )
 
 
 class ErrorItem(BaseModel):

@@ -27,6 +27,7 @@ from rlhf_client._errors import (
     UpdateTooLargeError,
 )
 from rlhf_client._models import UpdateResult, UpdateStats
+from rlhf_client._optimizer import Optimizer
 from rlhf_client._version import __version__
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "Client",
     "ContentTooLargeError",
     "InternalServerError",
+    "Optimizer",
     "RLHFClientError",
     "ServiceUnavailableError",
     "UnprocessableEntityError",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from rlhf_client._wire import ARRAY_NAMES, read_safetensors_metadata
+from rlhf_client._wire import ARRAY_NAMES, STATE_VECTORS, read_safetensors_metadata
 
 __all__ = [
     "ARRAY_NAMES",
@@ -29,7 +30,9 @@ __all__ = [
     "check_format",
     "parse_option_value",
     "read_batch",
+    "read_state",
     "write_batch",
+    "write_state",
     "write_weights",
 ]
 
@@ -163,6 +166,80 @@ def write_weights(path: str, weights: NDArray[Any]) -> None:
     except OSError as exc:
         msg = f"cannot write {path}: {exc.strerror or exc}"
         raise BatchFileError(msg) from None
+
+
+# The optimizer state's step in a safetensors file, as the service's answer carries it.
+_STEP_KEY = "optimizer_state.step"
+
+
+def write_state(path: str, state: Mapping[str, Any]) -> None:
+    """Write an optimizer state (`step` and its vectors) as `read_state` reads it.
+
+    JSON: ``{"step": 3, "exp_avg": [...], ...}``; .npz: the vectors and a 0-d `step`;
+    .safetensors: the vectors as tensors, the step as ``__metadata__["optimizer_state.step"]``.
+    """
+    step = int(state.get("step", 0))
+    vectors = {k: np.asarray(v, dtype=np.float64) for k, v in state.items() if k != "step"}
+    try:
+        if path == "-" or _suffix(path) == ".json":
+            text = json.dumps({"step": step, **{k: v.tolist() for k, v in vectors.items()}})
+            if path == "-":
+                sys.stdout.write(text + "\n")
+            else:
+                Path(path).write_text(text + "\n")
+        elif _suffix(path) == ".npz":
+            with Path(path).open("wb") as file:
+                entries: dict[str, Any] = {"step": np.int64(step), **vectors}
+                np.savez(file, **entries)
+        else:
+            from safetensors.numpy import save_file
+
+            save_file(vectors, path, metadata={_STEP_KEY: str(step)})
+    except OSError as exc:
+        msg = f"cannot write {path}: {exc.strerror or exc}"
+        raise BatchFileError(msg) from None
+
+
+def read_state(path: str) -> dict[str, Any]:
+    """Read an optimizer state written by `write_state` (or by hand, in any of its formats)."""
+    suffix = _suffix(path)
+    try:
+        if suffix == ".json":
+            entries: dict[str, Any] = _parse_json(Path(path).read_bytes(), path)
+        elif suffix == ".npz":
+            with np.load(path, allow_pickle=False) as npz:
+                entries = {name: npz[name] for name in npz.files}
+        else:
+            from safetensors import SafetensorError
+            from safetensors.numpy import load
+
+            data = Path(path).read_bytes()
+            try:
+                entries = dict(load(data))
+            except SafetensorError as exc:
+                msg = f"{path}: not a safetensors file ({exc})"
+                raise BatchFileError(msg) from None
+            metadata = read_safetensors_metadata(data)
+            if _STEP_KEY in metadata:
+                entries["step"] = parse_option_value(metadata[_STEP_KEY])
+    except OSError as exc:
+        msg = f"cannot read {path}: {exc.strerror or exc}"
+        raise BatchFileError(msg) from None
+    except ValueError as exc:
+        msg = f"{path}: {exc}"
+        raise BatchFileError(msg) from None
+    unknown = [name for name in entries if name not in ("step", *STATE_VECTORS)]
+    if unknown:
+        msg = (
+            f"{path} has {', '.join(unknown)}; an optimizer state holds step and "
+            f"{', '.join(STATE_VECTORS)}"
+        )
+        raise BatchFileError(msg)
+    step = np.asarray(entries.get("step", 0))
+    if step.size != 1 or step.dtype.kind not in "iu":
+        msg = f"{path}: step must be one integer, got {step.dtype} of shape {step.shape}"
+        raise BatchFileError(msg)
+    return {**entries, "step": int(step.reshape(()))}
 
 
 def _suffix(path: str) -> str:

@@ -79,6 +79,8 @@ class UpdateStats:
     tis_ess: float | None = None
     # An estimate is None when its batch mean overflows float64 (the server sends null).
     kl_estimates: Mapping[str, float | None] | None = None
+    # With an optimizer: its step count after this update.
+    optimizer_step: int | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -95,6 +97,12 @@ class UpdateStats:
                 known[name] = _number(stats, name)
         if stats.get("clipped") is not None:
             known["clipped"] = bool(stats["clipped"])
+        step = stats.get("optimizer_step")
+        if step is not None:
+            if isinstance(step, bool) or not isinstance(step, int):
+                msg = f"stats['optimizer_step'] is {step!r}; expected an integer"
+                raise ValueError(msg)
+            known["optimizer_step"] = step
         estimates = stats.get("kl_estimates")
         if isinstance(estimates, Mapping):
             known["kl_estimates"] = {
@@ -103,18 +111,23 @@ class UpdateStats:
         extra = {
             k: v
             for k, v in stats.items()
-            if k not in known and k not in ("clipped", "kl_estimates", *_OPTIONAL_FLOATS)
+            if k not in known
+            and k not in ("clipped", "kl_estimates", "optimizer_step", *_OPTIONAL_FLOATS)
         }
         return cls(**known, extra=extra)
 
 
 @dataclass(frozen=True, slots=True)
 class UpdateResult:
-    """The new weights (in the dtype of the weights sent), the statistics, and the request id."""
+    """The new weights (in the dtype of the weights sent), the statistics, the request id,
+    and, with an optimizer, its new state: ``{"step": int, "exp_avg": array, ...}`` (float64
+    arrays, named as torch's ``state_dict()["state"][0]``); pass it as the next call's
+    `optimizer_state`."""
 
     weights: NDArray[np.floating[Any]]
     stats: UpdateStats
     request_id: str | None = None
+    optimizer_state: Mapping[str, Any] | None = None
 
 
 def _number(mapping: Mapping[str, Any], name: str) -> float:

@@ -25,6 +25,7 @@ __all__ = [
     "ARRAY_NAMES",
     "JSON_MEDIA_TYPE",
     "SAFETENSORS_MEDIA_TYPE",
+    "STATE_VECTORS",
     "PreparedUpdate",
     "TransportName",
     "WireDtype",
@@ -127,7 +128,9 @@ def encode_update(
     batch = len(arrays["rewards"])
     # None means "not set", as null does in JSON.
     opts = {
-        name: _as_option(name, value, batch) for name, value in options.items() if value is not None
+        name: _as_option(name, value, batch, len(arrays["weights"]))
+        for name, value in options.items()
+        if value is not None
     }
     if binary:
         content = _encode_safetensors(arrays, scalars, opts)
@@ -153,11 +156,16 @@ def decode_update_response(response: httpx2.Response, prepared: PreparedUpdate) 
     media_type = _media_type(response)
     try:
         if media_type == SAFETENSORS_MEDIA_TYPE:
-            weights, stats = _decode_safetensors(response.content)
+            weights, stats, state = _decode_safetensors(response.content)
         else:
             body = decode_json_object(response)
             weights = np.asarray(body["weights"], dtype=np.float64)
             stats = body["stats"]
+            sent = body.get(_STATE)
+            state = None
+            if isinstance(sent, Mapping):
+                vectors = {k: v for k, v in sent.items() if k != "step"}
+                state = decode_state(vectors, sent.get("step"))
         if weights.ndim != 1 or not isinstance(stats, Mapping):
             msg = "expected 1-d weights and a stats object"
             raise ValueError(msg)
@@ -166,7 +174,7 @@ def decode_update_response(response: httpx2.Response, prepared: PreparedUpdate) 
         msg = f"unreadable /update answer ({media_type or 'no Content-Type'}): {exc}"
         raise APIResponseError(msg, response) from exc
     return UpdateResult(
-        _in_dtype(weights, weights_dtype, response), parsed, request_id_of(response)
+        _in_dtype(weights, weights_dtype, response), parsed, request_id_of(response), state
     )
 
 
@@ -282,10 +290,18 @@ _INTEGER_ARRAY_OPTIONS = ("group_ids", "sequence_lengths")
 _FLOAT_ARRAY_OPTIONS = ("old_log_probs", "behavior_log_probs")
 
 
-def _as_option(name: str, value: Any, batch: int) -> Any:
+def _as_option(name: str, value: Any, batch: int, n: int) -> Any:
     """An option as the request carries it: a per-sample option an array of shape (B,)
-    (int64, or float32/float64), any other a scalar or a list of numbers (a reward_clip
-    pair)."""
+    (int64, or float32/float64), `optimizer` a dict, `optimizer_state` a dict of its step
+    and float64 arrays of shape (N,), any other a scalar or a list of numbers (a
+    reward_clip pair)."""
+    if name == _OPTIMIZER:
+        if not isinstance(value, Mapping):
+            msg = f"optimizer must be a dict such as {{'type': 'adamw'}}, not {value!r}"
+            raise ValueError(msg)
+        return {str(k): _as_option(f"optimizer[{k!r}]", v, batch, n) for k, v in value.items()}
+    if name == _STATE:
+        return _as_state(value, n)
     if name in _INTEGER_ARRAY_OPTIONS:
         ids = np.asarray(value)
         if ids.shape != (batch,) or ids.dtype.kind not in "iu":
@@ -312,12 +328,55 @@ def _as_option(name: str, value: Any, batch: int) -> Any:
     return value
 
 
+_OPTIMIZER = "optimizer"
+_STATE = "optimizer_state"
+_STEP_KEY = "optimizer_state.step"
+STATE_VECTORS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer")
+
+
+def _as_state(value: Any, n: int) -> dict[str, Any]:
+    """An optimizer state: its integer step and its vectors, float64 arrays of shape (N,)."""
+    if not isinstance(value, Mapping):
+        msg = f"optimizer_state must be a dict (the one a result returned), not {value!r}"
+        raise ValueError(msg)
+    state: dict[str, Any] = {}
+    for key, item in value.items():
+        if item is None:
+            continue
+        if key == "step":
+            if isinstance(item, bool) or not isinstance(item, int | np.integer) or item < 0:
+                msg = f"optimizer_state['step'] is {item!r}; expected an integer >= 0"
+                raise ValueError(msg)
+            state["step"] = int(item)
+            continue
+        array = _as_float_array(f"optimizer_state[{key!r}]", item).astype(np.float64)
+        if array.shape != (n,):
+            msg = f"optimizer_state[{key!r}] has shape {array.shape}; expected ({n},)"
+            raise ValueError(msg)
+        state[str(key)] = array
+    return state
+
+
+def decode_state(vectors: Mapping[str, Any], step: Any) -> dict[str, Any] | None:
+    """The optimizer state of an answer: step as int, vectors as float64 arrays; or None."""
+    if step is None:
+        return None
+    if isinstance(step, str):
+        step = int(step)
+    if isinstance(step, bool) or not isinstance(step, int):
+        msg = f"optimizer_state.step is {step!r}; expected an integer"
+        raise ValueError(msg)
+    return {"step": step, **{k: np.asarray(v, dtype=np.float64) for k, v in vectors.items()}}
+
+
 def _encode_json(
     arrays: Mapping[str, NDArray[Any]], scalars: Mapping[str, float], options: Mapping[str, Any]
 ) -> bytes:
     body: dict[str, Any] = {name: a.astype(np.float64).tolist() for name, a in arrays.items()}
     body.update(scalars)
     for name, value in options.items():
+        if name == _STATE:
+            value = {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in value.items()}
         body[name] = value.tolist() if isinstance(value, np.ndarray) else value
     # float32 values widen exactly; repr of a float64 is its shortest round trip.
     return json.dumps(body, allow_nan=False, separators=(",", ":")).encode()
@@ -332,25 +391,36 @@ def _encode_safetensors(
     tensors.update({name: np.asarray(v, dtype=np.float64) for name, v in scalars.items()})
     metadata: dict[str, str] = {}
     for name, value in options.items():
-        if isinstance(value, np.ndarray):
+        if name == _STATE:
+            # The vectors as tensors, the step as a decimal string in the metadata.
+            tensors.update({k: v for k, v in value.items() if k != "step"})
+            metadata[_STEP_KEY] = str(value.get("step", 0))
+        elif isinstance(value, np.ndarray):
             tensors[name] = np.ascontiguousarray(value)
         else:
             metadata[name] = value if isinstance(value, str) else json.dumps(value)
     return save(tensors, metadata=metadata or None)
 
 
-def _decode_safetensors(data: bytes) -> tuple[NDArray[Any], Mapping[str, Any]]:
+def _decode_safetensors(
+    data: bytes,
+) -> tuple[NDArray[Any], Mapping[str, Any], dict[str, Any] | None]:
     from safetensors import SafetensorError
     from safetensors.numpy import load
 
     try:
-        stats = json.loads(read_safetensors_metadata(data)["stats"])
+        metadata = read_safetensors_metadata(data)
+        stats = json.loads(metadata["stats"])
         header_size = int.from_bytes(data[:8], "little")
         if json.loads(data[8 : 8 + header_size])["weights"]["dtype"] == "BF16":
-            # safetensors' NumPy reader knows no bfloat16: the one tensor's bytes as is.
+            # safetensors' NumPy reader knows no bfloat16; the service answers BF16 weights
+            # alone (an optimizer's state makes the weights float64 in the answer).
             weights = np.frombuffer(data, _numpy_dtype("bfloat16"), offset=8 + header_size)
-            return weights.copy(), stats
-        return np.array(load(data)["weights"]), stats
+            return weights.copy(), stats, None
+        tensors = load(data)
+        vectors = {k: v for k, v in tensors.items() if k in STATE_VECTORS}
+        state = decode_state(vectors, metadata.get(_STEP_KEY))
+        return np.array(tensors["weights"]), stats, state
     except (SafetensorError, AttributeError, UnicodeDecodeError) as exc:
         # Not a safetensors file, or a header that is not a JSON object.
         msg = f"malformed safetensors ({exc})"

@@ -32,7 +32,9 @@ from rlhf_client._files import (
     check_format,
     parse_option_value,
     read_batch,
+    read_state,
     write_batch,
+    write_state,
     write_weights,
 )
 from rlhf_client._models import UpdateStats
@@ -63,12 +65,18 @@ examples:
   rlhf-update update --in batch.npz --out new.npz --beta 0.1 --lr 0.01
   rlhf-update update --in batch.safetensors --out new.safetensors --option baseline=mean
   cat request.json | rlhf-update update --in - --out - --option max_grad_norm=1.0 > new.json
+  rlhf-update update --in batch.npz --out new.npz --state-out state.npz \
+      --option 'optimizer={"type": "adamw"}'
+  rlhf-update update --in batch2.npz --out new2.npz --state-in state.npz --state-out state.npz \
+      --option 'optimizer={"type": "adamw"}'
 
 The input holds weights, rewards, policy_log_probs, ref_log_probs and log_prob_grads under
 those names (.npz, .safetensors, .json, or - for JSON on stdin), beta and lr as 0-d entries
 unless given as flags (flags win), and any algorithm option (group_ids, sequence_lengths as
 integer arrays; old_log_probs, behavior_log_probs as float arrays; reward_clip=[-1,2] a pair).
-The output holds `weights`; the stats go to stderr as one JSON line.
+The output holds `weights`; the stats go to stderr as one JSON line. With an optimizer,
+--state-out writes its new state (step and moments, as torch names them) and --state-in
+reads it back for the next step.
 """
 
 _EXAMPLE_EXAMPLES = """\
@@ -92,8 +100,9 @@ examples:
   rlhf-update demo --in-process --steps 40 --seeds 1 --png quick.png --csv quick.csv
 
 Trains a softmax policy on a 64-prompt x 8-response contextual bandit, one /update call per
-step, for beta in {0, 0.05, 0.2}, and with a +1 reward offset without and with the group
-mean baseline; writes the curves (PNG) and every measurement (CSV).
+batch of rollouts, for beta in {0, 0.05, 0.2}, and with a +1 reward offset without and with
+the group mean baseline; then beta 0.2 with PPO-clip (4 epochs on each batch) and AdamW;
+writes the curves (PNG) and every measurement (CSV).
 """
 
 
@@ -147,6 +156,16 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="NAME=VALUE",
         help="an algorithm option, e.g. baseline=mean, max_grad_norm=1.0 (repeatable)",
+    )
+    update.add_argument(
+        "--state-in",
+        metavar="PATH",
+        help="the optimizer state to step from (a previous --state-out); needs an optimizer",
+    )
+    update.add_argument(
+        "--state-out",
+        metavar="PATH",
+        help="where to write the optimizer's new state (.npz, .safetensors, .json or -)",
     )
     update.add_argument("--request-id", help="send this X-Request-ID")
     update.set_defaults(command=_run_update)
@@ -271,6 +290,11 @@ def _run_example(args: argparse.Namespace) -> int:
 
 def _run_update(args: argparse.Namespace) -> int:
     check_format(args.output)  # before reading, uploading and computing
+    if args.state_out is not None:
+        check_format(args.state_out)
+    if args.state_out == "-" and args.output == "-":
+        msg = "--out and --state-out cannot both be - (stdout); write one of them to a file"
+        raise ValueError(msg)
     batch = read_batch(args.input)
     beta = args.beta if args.beta is not None else batch.beta
     lr = args.lr if args.lr is not None else batch.lr
@@ -285,11 +309,21 @@ def _run_update(args: argparse.Namespace) -> int:
             msg = f"--option {item!r}: expected NAME=VALUE"
             raise ValueError(msg)
         options[name.strip()] = parse_option_value(value)
+    if args.state_in is not None:
+        options["optimizer_state"] = read_state(args.state_in)
+    if (args.state_in or args.state_out) and options.get("optimizer") is None:
+        msg = (
+            "--state-in and --state-out need an optimizer: give "
+            """--option 'optimizer={"type": "adamw"}' or store it in the input"""
+        )
+        raise ValueError(msg)
     with _client(args) as client:
         result = client.update(
             *batch.arrays.values(), beta=beta, lr=lr, request_id=args.request_id, **options
         )
     write_weights(args.output, result.weights)
+    if args.state_out is not None and result.optimizer_state is not None:
+        write_state(args.state_out, result.optimizer_state)
     print(json.dumps(_stats_dict(result.stats)), file=sys.stderr)
     return EXIT_OK
 
@@ -317,8 +351,10 @@ def _run_demo(args: argparse.Namespace) -> int:
     write_csv(records, args.csv)
     plot(records, args.png)
     elapsed = time.perf_counter() - started
+    # The PPO run makes several updates per batch of rollouts: count the calls made.
+    calls = {(r.seed, r.config): r.updates for r in records}
     print(summarize(records))
-    print(f"wrote {args.png} and {args.csv} in {elapsed:.1f} s ({total} updates)")
+    print(f"wrote {args.png} and {args.csv} in {elapsed:.1f} s ({sum(calls.values())} updates)")
     return EXIT_OK
 
 
@@ -330,7 +366,7 @@ def _progress(total: int, args: argparse.Namespace) -> Iterator[Callable[[], Non
     except ImportError:
         yield lambda: None
         return
-    with tqdm(total=total, unit="update", disable=args.no_progress, file=sys.stderr) as bar:
+    with tqdm(total=total, unit="batch", disable=args.no_progress, file=sys.stderr) as bar:
 
         def tick() -> None:
             bar.update(1)

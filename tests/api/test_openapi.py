@@ -242,10 +242,18 @@ def test_the_safetensors_bodies_are_described_by_tensor_and_metadata_key(
     assert request["format"] == response["format"] == "binary"
     layout = request["x-safetensors"]
     per_sample = {"group_ids", "sequence_lengths", "old_log_probs", "behavior_log_probs"}
+    state = {"exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer"}
+    # The optimizer's state: its vectors as tensors, its step as one metadata key.
     assert layout["metadata"] == [
-        name for name in UpdateOptionsModel.model_fields if name not in per_sample
+        *(
+            name
+            for name in UpdateOptionsModel.model_fields
+            if name not in per_sample and name != "optimizer_state"
+        ),
+        "optimizer_state.step",
     ]
-    assert {name for name, spec in layout["tensors"].items() if not spec["required"]} == per_sample
+    optional = {name for name, spec in layout["tensors"].items() if not spec["required"]}
+    assert optional == per_sample | state
     for name in layout["metadata"]:
         assert name in request["description"]
     # A body built from the description alone, in its first listed dtype, is accepted.
@@ -269,4 +277,4 @@ def test_the_safetensors_bodies_are_described_by_tensor_and_metadata_key(
     assert answer.status_code == 200
     [tensor] = response["x-safetensors"]["tensors"]
     assert tensor in load(answer.content)
-    assert set(response["x-safetensors"]["metadata"]) == {"stats"}
+    assert set(response["x-safetensors"]["metadata"]) == {"stats", "optimizer_state.step"}

@@ -10,9 +10,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from rlhf_client._files import read_state
 from rlhf_client.cli import main
 from safetensors.numpy import load_file, save_file
 
+from tests.helpers.optimizers import reference_steps
 from tests.helpers.reference import EXAMPLE
 
 NAMES = ("weights", "rewards", "policy_log_probs", "ref_log_probs", "log_prob_grads")
@@ -152,3 +154,59 @@ def test_help_shows_examples(command: list[str], capsys: pytest.CaptureFixture[s
     out = capsys.readouterr().out
     assert "example" in out
     assert "rlhf-update" in out
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors", ".json"])
+def test_the_optimizer_state_goes_out_and_back_in(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], suffix: str
+) -> None:
+    source = tmp_path / "batch.json"
+    source.write_text(json.dumps(EXAMPLE))
+    state = tmp_path / f"state{suffix}"
+    optimizer = ["--option", 'optimizer={"type": "adamw"}']
+    first = ["update", "--in-process", "--in", str(source), "--out", str(tmp_path / "w1.json")]
+    assert main([*first, "--state-out", str(state), *optimizer]) == 0
+    assert stats_line(capsys.readouterr().err)["optimizer_step"] == 1
+    # The second step from the first's weights and state.
+    weights = json.loads((tmp_path / "w1.json").read_text())["weights"]
+    source.write_text(json.dumps({**EXAMPLE, "weights": weights}))
+    second = ["update", "--in-process", "--in", str(source), "--out", str(tmp_path / "w2.json")]
+    assert main([*second, "--state-in", str(state), "--state-out", str(state), *optimizer]) == 0
+    assert stats_line(capsys.readouterr().err)["optimizer_step"] == 2
+    # The example's gradient is [0.5, -0.5] whatever the weights.
+    expected, expected_state = reference_steps(
+        np.asarray(EXAMPLE["weights"]), [np.array([0.5, -0.5])] * 2, 0.1, {"type": "adamw"}
+    )
+    got = json.loads((tmp_path / "w2.json").read_text())["weights"]
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+    assert (
+        main([*second, "--state-in", str(state), "--out", str(tmp_path / "w3.json"), *optimizer])
+        == 0
+    )
+    capsys.readouterr()
+    written = read_state(str(state))
+    assert written["step"] == 2
+    np.testing.assert_allclose(written["exp_avg"], expected_state["exp_avg"], rtol=1e-12)
+    np.testing.assert_allclose(written["exp_avg_sq"], expected_state["exp_avg_sq"], rtol=1e-12)
+
+
+def test_a_state_flag_without_an_optimizer_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "batch.json"
+    source.write_text(json.dumps(EXAMPLE))
+    argv = ["update", "--in-process", "--in", str(source), "--out", str(tmp_path / "w.json")]
+    assert main([*argv, "--state-out", str(tmp_path / "state.json")]) == 2
+    assert "--state-in and --state-out need an optimizer" in capsys.readouterr().err
+
+
+def test_a_state_file_with_a_foreign_entry_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source, state = tmp_path / "batch.json", tmp_path / "state.json"
+    source.write_text(json.dumps(EXAMPLE))
+    state.write_text(json.dumps({"step": 1, "velocity": [0.0, 0.0]}))
+    argv = ["update", "--in-process", "--in", str(source), "--out", str(tmp_path / "w.json")]
+    optimizer = ["--option", 'optimizer={"type": "sgd", "momentum": 0.9}']
+    assert main([*argv, "--state-in", str(state), *optimizer]) == 2
+    assert "has velocity; an optimizer state holds step and" in capsys.readouterr().err

@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 from rlhf_client import Client
 from rlhf_client.cli import main
 from rlhf_client.demo.bandit import make_bandit
-from rlhf_client.demo.report import CAPTION, CSV_COLUMNS, figure
-from rlhf_client.demo.run import RunConfig, run_demo
+from rlhf_client.demo.report import CAPTION, CSV_COLUMNS, figure, reached_at
+from rlhf_client.demo.run import PPO_EPOCHS, RunConfig, run_demo
 
 from app.main import create_app
 from app.settings import Settings
@@ -88,14 +88,18 @@ def test_demo_command_writes_figure_and_csv(
     with data.open() as file:
         rows = list(csv.DictReader(file))
     assert tuple(rows[0]) == CSV_COLUMNS
-    assert len(rows) == 5 * 3  # five runs, steps 0..2
-    assert {(r["beta"], r["baseline"], r["offset"]) for r in rows} == {
-        ("0.0", "mean", "0.0"),
-        ("0.05", "mean", "0.0"),
-        ("0.2", "mean", "0.0"),
-        ("0.2", "none", "1.0"),
-        ("0.2", "mean", "1.0"),
+    assert len(rows) == 6 * 3  # six runs, steps 0..2
+    assert {(r["beta"], r["baseline"], r["offset"], r["algorithm"]) for r in rows} == {
+        ("0.0", "mean", "0.0", "pg"),
+        ("0.05", "mean", "0.0", "pg"),
+        ("0.2", "mean", "0.0", "pg"),
+        ("0.2", "none", "1.0", "pg"),
+        ("0.2", "mean", "1.0", "pg"),
+        ("0.2", "mean", "0.0", "ppo_adamw"),
     }
+    # PPO makes PPO_EPOCHS updates on each batch of rollouts.
+    ppo = [r for r in rows if r["algorithm"] == "ppo_adamw"]
+    assert [(r["step"], r["updates"]) for r in ppo] == [("0", "0"), ("1", "4"), ("2", "8")]
     out = capsys.readouterr().out
     assert "beta 0.2, baseline none, reward +1" in out
 
@@ -110,7 +114,7 @@ def test_the_figure_explains_itself(settings: Settings) -> None:
         records = run_demo(client, steps=3, seeds=(0,))
     fig = figure(records)
     axes = fig.axes
-    assert len(axes) == 4
+    assert len(axes) == 6
     reward_axes, kl_axes = axes[0::2], axes[1::2]
     assert all("reward" in ax.get_ylabel() for ax in reward_axes)
     assert all("(nats)" in ax.get_ylabel() for ax in kl_axes)
@@ -124,8 +128,8 @@ def test_the_figure_explains_itself(settings: Settings) -> None:
     assert set(colour_of) == {"beta 0", "beta 0.05", "beta 0.2"}
     assert all(len(colours) == 1 for colours in colour_of.values())
     assert len({next(iter(c)) for c in colour_of.values()}) == 3
-    # Each distinct optimum is drawn once per panel: in the bottom row both runs share one.
-    expected_optima = [3, 2, 1, 1]  # beta 0's KL optimum is infinite, so not drawn
+    # Each distinct optimum is drawn once per panel: in the lower rows both runs share one.
+    expected_optima = [3, 2, 1, 1, 1, 1]  # beta 0's KL optimum is infinite, so not drawn
     dashed = [[ln for ln in ax.get_lines() if ln.get_linestyle() == "--"] for ax in axes]
     assert [len(lines) for lines in dashed] == expected_optima
     for lines in dashed:
@@ -140,6 +144,31 @@ def test_the_figure_explains_itself(settings: Settings) -> None:
     }
     assert "measured" in styles["-"]
     assert "no baseline" in styles[":"]
+    assert "PPO-clip" in styles["-."]
     assert "optimum" in styles["--"]
     assert CAPTION in [" ".join(t.get_text().split()) for t in fig.texts]
     assert "ends above its optimum" in CAPTION
+
+
+def test_the_ppo_run_steps_adamw_several_times_per_batch_and_learns(settings: Settings) -> None:
+    runs = (RunConfig(0.2, algorithm="ppo_adamw"),)
+    with TestClient(create_app(settings)) as http, Client(http_client=http) as client:
+        records = run_demo(client, steps=30, seeds=(0,), runs=runs)
+    assert [r.updates for r in records] == [PPO_EPOCHS * r.step for r in records]
+    # From a reward of about 0.01 at the reference to within reach of the optimum's 0.19.
+    assert records[0].reward < 0.05
+    assert records[-1].reward > 0.15
+    assert records[-1].kl < 2 * records[-1].optimal_kl
+
+
+def test_reached_at_reads_the_objective_gap() -> None:
+    config = RunConfig(0.5)
+    # Objective r - 0.5 KL: 0, 0.5, 0.97, 0.9, 0.99, 1.0 against an optimum of 1.
+    curves = {
+        "reward": np.array([0.0, 0.5, 0.97, 0.9, 0.99, 1.0]),
+        "kl": np.zeros(6),
+        "optimal_reward": np.full(6, 1.5),
+        "optimal_kl": np.full(6, 1.0),
+    }
+    assert reached_at(config, curves) == (2, 4)
+    assert reached_at(RunConfig(0.0), curves) == (None, None)

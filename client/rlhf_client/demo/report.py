@@ -12,16 +12,18 @@ from typing import Any
 
 import numpy as np
 
-from rlhf_client.demo.run import DEFAULT_RUNS, RunConfig, StepRecord
+from rlhf_client.demo.run import DEFAULT_RUNS, PPO_EPOCHS, RunConfig, StepRecord
 
-__all__ = ["CAPTION", "figure", "plot", "summarize", "write_csv"]
+__all__ = ["CAPTION", "REACHED_GAP", "figure", "plot", "reached_at", "summarize", "write_csv"]
 
 CSV_COLUMNS = (
     "seed",
     "beta",
     "baseline",
     "offset",
+    "algorithm",
     "step",
+    "updates",
     "reward",
     "kl",
     "optimal_reward",
@@ -44,7 +46,9 @@ def write_csv(records: Sequence[StepRecord], path: Path) -> None:
                     r.config.beta,
                     r.config.baseline,
                     r.config.offset,
+                    r.config.algorithm,
                     r.step,
+                    r.updates,
                     *(
                         _cell(x)
                         for x in (
@@ -60,17 +64,49 @@ def write_csv(records: Sequence[StepRecord], path: Path) -> None:
             )
 
 
+# A run has reached its optimum when its objective E[r] - beta KL has closed all but this
+# fraction of the gap between the reference's objective and the optimum's.
+REACHED_GAP = 0.05
+
+
 def summarize(records: Sequence[StepRecord]) -> str:
-    """The last step of each run, averaged over seeds, against its optimum."""
-    lines = [f"{'run':<36} {'reward':>7} {'optimum':>8} {'KL':>7} {'optimum':>8}"]
+    """The last step of each run, averaged over seeds, against its optimum; and for beta > 0
+    the first batch of rollouts within REACHED_GAP of the optimum, and the batch from which
+    the run stays within it."""
+    lines = [
+        f"{'run':<46} {'reward':>7} {'optimum':>8} {'KL':>7} {'optimum':>8} "
+        f"{'within 5%':>10} {'stays':>6}"
+    ]
     for config, curves in _by_run(records).items():
         last = {name: curve[-1] for name, curve in curves.items()}
         best_kl = f"{last['optimal_kl']:8.3f}" if math.isfinite(last["optimal_kl"]) else "       -"
+        first, stays = reached_at(config, curves)
         lines.append(
-            f"{config.label:<36} {last['reward']:7.3f} {last['optimal_reward']:8.3f} "
-            f"{last['kl']:7.3f} {best_kl}"
+            f"{config.label:<46} {last['reward']:7.3f} {last['optimal_reward']:8.3f} "
+            f"{last['kl']:7.3f} {best_kl} {_batch(first):>10} {_batch(stays):>6}"
         )
     return "\n".join(lines)
+
+
+def reached_at(config: RunConfig, curves: dict[str, np.ndarray]) -> tuple[int | None, int | None]:
+    """For the seed-mean curves: the first batch whose objective E[r] - beta KL is within
+    REACHED_GAP of the optimum's (relative to the reference's gap), and the batch from which
+    it stays within; None for beta 0, or when never."""
+    if config.beta == 0:
+        return None, None
+    objective = curves["reward"] - config.beta * curves["kl"]
+    best = curves["optimal_reward"][-1] - config.beta * curves["optimal_kl"][-1]
+    inside = np.abs((best - objective) / (best - objective[0])) <= REACHED_GAP
+    if not inside.any():
+        return None, None
+    first = int(np.argmax(inside))
+    outside = np.flatnonzero(~inside)
+    stays = 0 if outside.size == 0 else int(outside[-1]) + 1
+    return first, stays if stays < len(inside) else None
+
+
+def _batch(value: int | None) -> str:
+    return "-" if value is None else str(value)
 
 
 # Why the run without baseline can end above "its" optimum: shown under the figure, and
@@ -83,7 +119,11 @@ CAPTION = (
     "w*(0.2), and KL, which grows in every direction away from the reference, ends higher "
     "(here the reward too), while the objective reward - 0.2 KL stays below the optimum's. "
     "The group mean baseline removes the offset exactly: its run is the beta 0.2 run of "
-    "the top row."
+    "the top row. Bottom row: PPO-clip with 4 AdamW updates per batch (lr 0.01, betas "
+    "(0.9, 0.999), no weight decay, gradient clip 1) comes within 5% of the optimum's "
+    "objective after as many batches as the plain step (22): no fewer rollouts on this "
+    "problem, where lr 1 is already tuned; at a constant lr AdamW's normalised steps then "
+    "keep it 2 to 5% off (KL above the optimum's), while the plain step settles on it."
 )
 _LINE_STYLES = {"mean": "-", "none": ":"}
 
@@ -113,9 +153,17 @@ def figure(records: Sequence[StepRecord]) -> Any:
 
     runs = _by_run(records)
     colours = {beta: f"C{i}" for i, beta in enumerate(sorted({c.beta for c in runs}))}
+    plain = [c for c in runs if c.algorithm == "pg"]
+    ppo = [c for c in runs if c.algorithm != "pg"]
+    # The last row sets each PPO run beside the plain run of its beta.
+    compared = [c for c in plain if c.offset == 0 and c.beta in {p.beta for p in ppo}]
     rows_of_runs = [
         row
-        for row in ([c for c in runs if c.offset == 0], [c for c in runs if c.offset != 0])
+        for row in (
+            [c for c in plain if c.offset == 0],
+            [c for c in plain if c.offset != 0],
+            [*compared, *ppo] if ppo else [],
+        )
         if row
     ]
     rows = len(rows_of_runs)
@@ -131,7 +179,7 @@ def figure(records: Sequence[StepRecord]) -> Any:
                     steps,
                     curves[name],
                     color=colour,
-                    linestyle=_LINE_STYLES.get(config.baseline, "-."),
+                    linestyle=_line_style(config),
                     label=config.label,
                 )
                 ax.fill_between(
@@ -142,14 +190,11 @@ def figure(records: Sequence[StepRecord]) -> Any:
                     optima[name][config.beta] = best
         for ax, name in zip(axes[row], ("reward", "kl"), strict=True):
             _draw_optima(ax, optima[name], colours)
-    titles = (
-        ("Expected reward (exact)", "KL(pi || pi_ref) (exact)"),
-        ("Reward +1 offset: expected reward", "Reward +1 offset: KL(pi || pi_ref)"),
-    )
+    titles = [_titles(configs) for configs in rows_of_runs]
     for row in range(rows):
         for ax, title in zip(axes[row], titles[row], strict=True):
             ax.set_title(title, fontsize=10)
-            ax.set_xlabel("update step")
+            ax.set_xlabel("batches of rollouts (64 each)")
             ax.grid(alpha=0.3)
         axes[row][0].set_ylabel("expected reward E[r] (reward units)")
         axes[row][1].set_ylabel("KL(pi || pi_ref) (nats)")
@@ -159,6 +204,13 @@ def figure(records: Sequence[StepRecord]) -> Any:
     key = [
         Line2D([], [], color="0.3", linestyle="-", label="measured, group mean baseline"),
         Line2D([], [], color="0.3", linestyle=":", label="measured, no baseline"),
+        Line2D(
+            [],
+            [],
+            color="0.3",
+            linestyle="-.",
+            label=f"measured, PPO-clip, {PPO_EPOCHS} AdamW updates per batch",
+        ),
         Line2D(
             [],
             [],
@@ -185,10 +237,30 @@ def figure(records: Sequence[StepRecord]) -> Any:
         fontsize=8,
         frameon=False,
     )
+    bottom = 0.0
     if rows > 1:
-        fig.text(0.5, 0.008, textwrap.fill(CAPTION, 160), ha="center", va="bottom", fontsize=8)
-    fig.tight_layout(rect=(0, 0.075 if rows > 1 else 0.0, 1, 0.915))
+        caption = textwrap.fill(CAPTION, 160)
+        fig.text(0.5, 0.008, caption, ha="center", va="bottom", fontsize=8)
+        # Room for the caption: about 0.16 inch a line of 8 points, and a margin.
+        bottom = (0.16 * (caption.count("\n") + 1) + 0.15) / fig.get_figheight()
+    fig.tight_layout(rect=(0, bottom, 1, 0.915))
     return fig
+
+
+def _titles(configs: Sequence[RunConfig]) -> tuple[str, str]:
+    """The titles of a row of panels: reward, then KL."""
+    if any(c.algorithm != "pg" for c in configs):
+        what = "PPO-clip + AdamW against one plain step per batch: "
+        return what + "expected reward", what + "KL(pi || pi_ref)"
+    if any(c.offset != 0 for c in configs):
+        return "Reward +1 offset: expected reward", "Reward +1 offset: KL(pi || pi_ref)"
+    return "Expected reward (exact)", "KL(pi || pi_ref) (exact)"
+
+
+def _line_style(config: RunConfig) -> str:
+    if config.algorithm != "pg":
+        return "-."
+    return _LINE_STYLES.get(config.baseline, "-.")
 
 
 def _draw_optima(ax: Any, optima: dict[float, float], colours: dict[float, str]) -> None:

@@ -10,6 +10,7 @@ from typing import Any, Literal
 import numpy as np
 
 from rlhf_client._client import Client
+from rlhf_client._optimizer import Optimizer
 from rlhf_client.demo.bandit import Bandit, make_bandit
 
 __all__ = ["DEFAULT_RUNS", "RunConfig", "StepRecord", "run_demo", "run_one"]
@@ -17,6 +18,12 @@ __all__ = ["DEFAULT_RUNS", "RunConfig", "StepRecord", "run_demo", "run_one"]
 PROMPTS_PER_STEP = 8
 SAMPLES_PER_PROMPT = 8
 LR = 1.0
+# The PPO run: updates per batch of rollouts, AdamW's learning rate, the trainers' clip.
+# Weight decay is 0: it pulls the weights towards 0, not towards the reference, and would
+# move the optimum w*(beta) that the run is measured against.
+PPO_EPOCHS = 4
+PPO_LR = 0.01
+PPO_MAX_GRAD_NORM = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,11 +33,15 @@ class RunConfig:
     beta: float
     baseline: Literal["none", "mean"] = "mean"
     offset: float = 0.0
+    # "pg": one plain update per batch of rollouts; "ppo_adamw": PPO_EPOCHS updates of the
+    # clipped surrogate on each batch (old_log_probs from sampling time), stepped by AdamW.
+    algorithm: Literal["pg", "ppo_adamw"] = "pg"
 
     @property
     def label(self) -> str:
         offset = f", reward {self.offset:+g}" if self.offset else ""
-        return f"beta {self.beta:g}, baseline {self.baseline}{offset}"
+        algorithm = f", PPO-clip x{PPO_EPOCHS} + AdamW" if self.algorithm == "ppo_adamw" else ""
+        return f"beta {self.beta:g}, baseline {self.baseline}{offset}{algorithm}"
 
 
 # Three betas with the group baseline; then the +1 offset a sigmoid reward model gives,
@@ -41,16 +52,19 @@ DEFAULT_RUNS = (
     RunConfig(0.2),
     RunConfig(0.2, "none", 1.0),
     RunConfig(0.2, "mean", 1.0),
+    RunConfig(0.2, "mean", 0.0, "ppo_adamw"),
 )
 
 
 @dataclass(frozen=True, slots=True)
 class StepRecord:
-    """The policy after `step` updates, measured exactly, with the service's own statistics."""
+    """The policy after `step` batches of rollouts (`updates` service calls), measured
+    exactly, with the service's own statistics of the last call."""
 
     seed: int
     config: RunConfig
     step: int
+    updates: int
     reward: float
     kl: float
     optimal_reward: float
@@ -68,7 +82,10 @@ def run_one(
     seed: int,
     on_step: Callable[[], None] = lambda: None,
 ) -> list[StepRecord]:
-    """Train from the reference weights for `steps` updates, one service call per step."""
+    """Train from the reference weights on `steps` batches of rollouts: one service call
+    per batch, or PPO_EPOCHS with `config.algorithm` "ppo_adamw"."""
+    if config.algorithm == "ppo_adamw":
+        return _run_ppo(client, bandit, config, steps=steps, seed=seed, on_step=on_step)
     rng = np.random.default_rng([seed, 1])
     log_ref = bandit.log_policy(bandit.reference_weights)
     rewards = bandit.rewards + config.offset
@@ -83,7 +100,7 @@ def run_one(
     )
 
     weights = bandit.reference_weights.copy()
-    records = [_measure(bandit, weights, seed, config, 0, best, math.nan, math.nan)]
+    records = [_measure(bandit, weights, seed, config, (0, 0), best, math.nan, math.nan)]
     for step in range(1, steps + 1):
         log_policy = bandit.log_policy(weights)
         prompts, responses = _sample(rng, log_policy)
@@ -100,7 +117,76 @@ def run_one(
         weights = result.weights.astype(np.float64)
         stats = result.stats
         records.append(
-            _measure(bandit, weights, seed, config, step, best, stats.kl_mean, stats.grad_norm)
+            _measure(
+                bandit, weights, seed, config, (step, step), best, stats.kl_mean, stats.grad_norm
+            )
+        )
+        on_step()
+    return records
+
+
+def _run_ppo(
+    client: Client,
+    bandit: Bandit,
+    config: RunConfig,
+    *,
+    steps: int,
+    seed: int,
+    on_step: Callable[[], None],
+) -> list[StepRecord]:
+    """PPO-clip with AdamW: PPO_EPOCHS updates on each batch, the optimizer state kept by
+    `Optimizer` between all of them; the same rollouts' rng as the plain runs."""
+    rng = np.random.default_rng([seed, 1])
+    log_ref = bandit.log_policy(bandit.reference_weights)
+    rewards = bandit.rewards + config.offset
+    optimum = bandit.optimal_weights(config.beta)
+    best = (bandit.expected_reward(optimum), bandit.kl_to_reference(optimum))
+    group_ids = np.repeat(np.arange(PROMPTS_PER_STEP), SAMPLES_PER_PROMPT)
+    opt = Optimizer(
+        client,
+        bandit.reference_weights.copy(),
+        lr=PPO_LR,
+        beta=config.beta,
+        type="adamw",
+        weight_decay=0.0,
+        options={
+            "baseline": config.baseline,
+            "group_ids": group_ids,
+            "policy_loss": "ppo_clip",
+            "max_grad_norm": PPO_MAX_GRAD_NORM,
+        },
+    )
+    records = [_measure(bandit, opt.weights, seed, config, (0, 0), best, math.nan, math.nan)]
+    for step in range(1, steps + 1):
+        log_policy = bandit.log_policy(opt.weights.astype(np.float64))
+        prompts, responses = _sample(rng, log_policy)
+        # The log-probs at sampling time: PPO's ratio is taken against them every epoch.
+        old = log_policy[prompts, responses]
+        for _ in range(PPO_EPOCHS):
+            weights = opt.weights.astype(np.float64)
+            log_policy = bandit.log_policy(weights)
+            result = opt.step(
+                {
+                    "rewards": rewards[prompts, responses],
+                    "policy_log_probs": log_policy[prompts, responses],
+                    "ref_log_probs": log_ref[prompts, responses],
+                    "log_prob_grads": bandit.grad_log_policy(weights, prompts, responses),
+                    "old_log_probs": old,
+                }
+            )
+        stats = result.stats
+        weights = opt.weights.astype(np.float64)
+        records.append(
+            _measure(
+                bandit,
+                weights,
+                seed,
+                config,
+                (step, step * PPO_EPOCHS),
+                best,
+                stats.kl_mean,
+                stats.grad_norm,
+            )
         )
         on_step()
     return records
@@ -139,7 +225,7 @@ def _measure(
     weights: np.ndarray,
     seed: int,
     config: RunConfig,
-    step: int,
+    counts: tuple[int, int],
     best: tuple[float, float],
     service_kl_mean: float,
     grad_norm: float,
@@ -147,7 +233,8 @@ def _measure(
     return StepRecord(
         seed=seed,
         config=config,
-        step=step,
+        step=counts[0],
+        updates=counts[1],
         reward=bandit.expected_reward(weights),
         kl=bandit.kl_to_reference(weights),
         optimal_reward=best[0],
