@@ -4,7 +4,6 @@ refusal before anything is sent when nothing fits."""
 from __future__ import annotations
 
 import asyncio
-import re
 
 import httpx2
 import numpy as np
@@ -14,6 +13,7 @@ from rlhf_client import AsyncClient, Client, UpdateTooLargeError
 
 from app.main import create_app
 from app.settings import Settings
+from tests.helpers.metrics_text import sample, sample_values
 from tests.helpers.reference import reference_weights
 
 
@@ -29,10 +29,8 @@ def _batch(b: int, n: int) -> dict[str, np.ndarray]:
 
 
 def _updates_counted(http: TestClient) -> float:
-    text = http.get("/metrics").text
-    return sum(
-        float(v) for v in re.findall(r"^rlhf_update_requests_total\{.*\} (\S+)$", text, re.M)
-    )
+    values = sample_values(http.get("/metrics").text)
+    return sum(value for (name, _), value in values.items() if name == "rlhf_update_requests_total")
 
 
 def test_a_json_body_too_large_for_the_service_goes_as_safetensors() -> None:
@@ -46,9 +44,14 @@ def test_a_json_body_too_large_for_the_service_goes_as_safetensors() -> None:
         metrics = http.get("/metrics").text
     expected = reference_weights(arrays, 0.1, 0.01)
     np.testing.assert_allclose(result.weights, expected, rtol=1e-12)
-    assert 'format="safetensors",status="200"' in metrics or (
-        'status="200",format="safetensors"' in metrics
-    )
+    # One update, sent as safetensors at once: no JSON body was tried first.
+    counted = {
+        dict(labels)["format"]: value
+        for (name, labels), value in sample_values(metrics).items()
+        if name == "rlhf_update_requests_total"
+    }
+    assert counted == {"safetensors": 1.0}
+    assert sample(metrics, "rlhf_update_requests_total", status="200", format="safetensors") == 1
 
 
 def test_an_update_beyond_the_element_limit_is_refused_before_upload() -> None:
