@@ -16,18 +16,26 @@ PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
 SOAK_ARGS ?=
 
-.PHONY: run test test-fast bench load soak shutdown demo check lint typecheck layers format clean
+.PHONY: run test test-fast bench load soak shutdown demo check lint typecheck layers format clean kubectl
 
 run: $(SERVE_STAMP)
 	@echo "serving on http://127.0.0.1:$(PORT) (docs at /docs; Ctrl-C stops)"
 	HOST=127.0.0.1 PORT=$(PORT) $(BIN)/python -m app
 
-test: check $(DEV_STAMP) $(SERVE_STAMP) $(TORCH_STAMP)
+test: check $(DEV_STAMP) $(SERVE_STAMP) $(TORCH_STAMP) kubectl
 	$(BIN)/python -m pytest
 
 # The inner loop: every test but those marked slow (real servers, subprocesses, fuzzing).
-test-fast: $(DEV_STAMP) $(SERVE_STAMP)
+test-fast: $(DEV_STAMP) $(SERVE_STAMP) kubectl
 	$(BIN)/python -m pytest -m "not slow"
+
+# tests/deploy render deploy/k8s with `kubectl kustomize` (kustomize 5 or later). The machine
+# image ships kubectl; where it is missing, apt-get installs the package `kubectl` (as root,
+# from an apt source that offers it: Debian 12's own kubernetes-client is too old).
+kubectl:
+	@command -v kubectl >/dev/null 2>&1 || { \
+		echo "kubectl is missing: installing it with apt-get"; \
+		apt-get update -qq && apt-get install -y -qq kubectl; }
 
 # Service vs baseline vs floor over loopback HTTP; prints a table (about a minute).
 bench: $(DEV_STAMP) $(SERVE_STAMP)
