@@ -23,11 +23,18 @@ from scripts.live_server import free_port
 from tests.helpers.deploy import DEPLOY, ROOT, kustomize
 from tests.helpers.reference import EXAMPLE, reference_update
 
+
+def _can_unshare_mounts() -> bool:
+    if sys.platform != "linux" or os.geteuid() != 0 or shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "--mount", "true"], capture_output=True, check=False)
+    return probe.returncode == 0
+
+
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
-        sys.platform != "linux" or os.geteuid() != 0 or shutil.which("unshare") is None,
-        reason="needs Linux, root and unshare for a mount namespace",
+        not _can_unshare_mounts(), reason="needs Linux, root and unshare for a mount namespace"
     ),
 ]
 
@@ -37,7 +44,7 @@ TOKEN = "read-only-root"
 SCRIPT = r"""
 set -e
 for mount in $(awk '{print $5}' /proc/self/mountinfo | sort -u); do
-    mount -o remount,bind,ro "$mount"
+    mount -o remount,bind,ro "$mount" || { echo "cannot remount $mount read-only" >&2; exit 4; }
 done
 mount -t tmpfs -o size=64m tmpfs /tmp
 mkdir /tmp/secret
