@@ -16,22 +16,24 @@ PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
 SOAK_ARGS ?=
 
-.PHONY: run test test-fast bench load soak shutdown demo check lint typecheck layers format clean kubectl
+.PHONY: run test test-fast bench load soak shutdown demo check lint typecheck layers format clean
 
 run: $(SERVE_STAMP)
 	@echo "serving on http://127.0.0.1:$(PORT) (docs at /docs; Ctrl-C stops)"
 	HOST=127.0.0.1 PORT=$(PORT) $(BIN)/python -m app
 
-test: check $(DEV_STAMP) $(SERVE_STAMP) $(TORCH_STAMP) kubectl
+test: check $(DEV_STAMP) $(SERVE_STAMP) $(TORCH_STAMP)
 	$(BIN)/python -m pytest
 
 # The inner loop: every test but those marked slow (real servers, subprocesses, fuzzing).
-test-fast: $(DEV_STAMP) $(SERVE_STAMP) kubectl
+test-fast: $(DEV_STAMP) $(SERVE_STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
 # tests/deploy render deploy/k8s with `kubectl kustomize` (kustomize 5 or later). The machine
 # image ships kubectl; where it is missing, apt-get installs the package `kubectl` (as root,
 # from an apt source that offers it: Debian 12's own kubernetes-client is too old).
+.PHONY: kubectl
+test test-fast: kubectl
 kubectl:
 	@command -v kubectl >/dev/null 2>&1 || { \
 		echo "kubectl is missing: installing it with apt-get"; \
