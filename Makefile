@@ -29,6 +29,16 @@ test: check $(DEV_STAMP) $(SERVE_STAMP) $(TORCH_STAMP)
 test-fast: $(DEV_STAMP) $(SERVE_STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
+# tests/deploy render deploy/k8s with `kubectl kustomize` (kustomize 5 or later). The machine
+# image ships kubectl; where it is missing, apt-get installs the package `kubectl` (as root,
+# from an apt source that offers it: Debian 12's own kubernetes-client is too old).
+.PHONY: kubectl
+test test-fast: kubectl
+kubectl:
+	@command -v kubectl >/dev/null 2>&1 || { \
+		echo "kubectl is missing: installing it with apt-get"; \
+		apt-get update -qq && apt-get install -y -qq kubectl; }
+
 # Service vs baseline vs floor over loopback HTTP; prints a table (about a minute).
 bench: $(DEV_STAMP) $(SERVE_STAMP)
 	$(BIN)/python -m benchmarks.run
