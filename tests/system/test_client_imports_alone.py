@@ -17,6 +17,7 @@ SERVICE_MODULES = (
     "starlette",
     "app",
     "rlhf_update_server",
+    "ray",
 )
 
 pytestmark = pytest.mark.slow
