@@ -36,9 +36,16 @@ __all__ = [
     "stop_ray_processes",
 ]
 
-# What every Ray process of a test cluster inherits: no usage report sent anywhere, and
-# Ray 2.60's token auth off, which is only acceptable for a cluster on loopback.
-RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+# What every Ray process of a test cluster inherits: no usage report sent anywhere; Ray
+# 2.60's token auth off, which is only acceptable for a cluster on loopback; and a single
+# node, so that `ray start` keeps 127.0.0.1 as the node's address instead of replacing it
+# with the machine's own (the switch Ray has for macOS and Windows, where that is the
+# default: no other node can join).
+RAY_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+}
 # Ray's smallest object store; the tests' objects are a few kilobytes.
 OBJECT_STORE_BYTES = 80 * 1024 * 1024
 NUM_CPUS = 2
@@ -46,16 +53,17 @@ NUM_CPUS = 2
 _TEMP_PARENT = "/tmp"
 
 
-def ray_processes(temp_dir: str) -> list[psutil.Process]:
-    """Every live process of the Ray whose temporary directory is `temp_dir`.
+def ray_processes(*markers: str) -> list[psutil.Process]:
+    """Every live process of the Ray whose command lines hold one of `markers`.
 
-    Ray's daemons name the directory on their command line; workers rename themselves
-    (``ray::ServeReplica...``) but are the daemons' children, so they are found as such.
+    Ray's daemons name its temporary directory on their command line, and the Ray Client
+    server its GCS address; workers rename themselves (``ray::ServeReplica...``) but are
+    the daemons' children, so they are found as such.
     """
     found: dict[int, psutil.Process] = {}
     for process in psutil.process_iter(["cmdline"]):
         cmdline = process.info["cmdline"] or []
-        if any(temp_dir in part for part in cmdline):
+        if any(marker in part for part in cmdline for marker in markers):
             found[process.pid] = process
             with suppress(psutil.NoSuchProcess):
                 found.update((child.pid, child) for child in process.children(recursive=True))
@@ -82,19 +90,19 @@ def stop_ray_processes(processes: list[psutil.Process], timeout: float = 15) -> 
     return [process.pid for process in alive]
 
 
-def _left(temp_dir: str, known: list[psutil.Process]) -> list[psutil.Process]:
-    left = [process for process in known if _alive(process)] + ray_processes(temp_dir)
+def _left(markers: tuple[str, ...], known: list[psutil.Process]) -> list[psutil.Process]:
+    left = [process for process in known if _alive(process)] + ray_processes(*markers)
     return list({process.pid: process for process in left}.values())
 
 
-def _end(temp_dir: str, known: list[psutil.Process], grace: float) -> None:
-    """Give Ray `grace` seconds to end `known` and the rest of its processes; then stop
-    what remains by PID and raise RuntimeError naming them."""
+def _end(temp_dir: str, known: list[psutil.Process], grace: float, *markers: str) -> None:
+    """Give Ray `grace` seconds to end `known` and the rest of its processes (found by
+    `temp_dir` and `markers`); then stop what remains by PID and raise RuntimeError."""
     deadline = time.monotonic() + grace
-    left = _left(temp_dir, known)
+    left = _left((temp_dir, *markers), known)
     while left and time.monotonic() < deadline:
         time.sleep(0.2)
-        left = _left(temp_dir, known)
+        left = _left((temp_dir, *markers), known)
     stop_ray_processes(left)
     shutil.rmtree(temp_dir, ignore_errors=True)
     if left:
@@ -187,19 +195,26 @@ def ray_head(env: Mapping[str, str] | None = None) -> Iterator[RayHead]:
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dashboard_port}",
             "--disable-usage-stats",
+            f"--ray-client-server-port={free_port()}",
         ]
         head = RayHead(f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard_port}", temp_dir)
+        gcs_marker = f"--address={head.address}"
         try:
-            subprocess.run(
+            started = subprocess.run(
                 command,
                 env=os.environ | dict(env or {}),
-                check=True,
                 capture_output=True,
+                text=True,
                 timeout=120,
+                check=False,
             )
+            if started.returncode != 0:
+                msg = f"ray start exited with {started.returncode}: {started.stderr[-2000:]}"
+                raise RuntimeError(msg)
             yield head
         finally:
             # What `ray stop` does, for this Ray only: it would end every Ray on the machine.
-            known = ray_processes(temp_dir)
-            stop_ray_processes(known)
-            _end(temp_dir, known, grace=5)
+            known = ray_processes(temp_dir, gcs_marker)
+            # The GCS and the autoscaler's monitor sit out a SIGTERM for tens of seconds.
+            stop_ray_processes(known, timeout=5)
+            _end(temp_dir, known, 5, gcs_marker)
