@@ -125,6 +125,17 @@ def test_an_http_answer_is_the_local_update_bit_for_bit(served: ServeApp) -> Non
     assert answer.content == _local_answer("/update", body, headers).content
 
 
+def test_a_request_id_the_app_refuses_comes_back_beside_the_apps_own(served: ServeApp) -> None:
+    # Serve's proxy echoes the client's id as it came; the app answers with a fresh one.
+    answer = httpx2.get(f"{served.base_url}/readyz", headers={"x-request-id": "not an id"})
+    ids = answer.headers.get_list("x-request-id")
+    assert len(ids) == 2
+    assert "not an id" in ids
+    [fresh] = [value for value in ids if value != "not an id"]
+    assert len(fresh) == 32
+    assert int(fresh, 16) >= 0
+
+
 def test_a_bad_body_gets_the_same_problem_as_over_plain_http(served: ServeApp) -> None:
     batch = random_batch(seed=3)
     batch["rewards"] = batch["rewards"][:-1]
