@@ -29,6 +29,7 @@ __all__ = [
     "OBJECT_STORE_BYTES",
     "RAY_ENV",
     "RayHead",
+    "ensure_stopped",
     "local_ray",
     "ray_cli",
     "ray_head",
@@ -95,7 +96,7 @@ def _left(markers: tuple[str, ...], known: list[psutil.Process]) -> list[psutil.
     return list({process.pid: process for process in left}.values())
 
 
-def _end(temp_dir: str, known: list[psutil.Process], grace: float, *markers: str) -> None:
+def ensure_stopped(temp_dir: str, known: list[psutil.Process], grace: float, *markers: str) -> None:
     """Give Ray `grace` seconds to end `known` and the rest of its processes (found by
     `temp_dir` and `markers`); then stop what remains by PID and raise RuntimeError."""
     deadline = time.monotonic() + grace
@@ -153,7 +154,7 @@ def local_ray(grace: float = 15) -> Iterator[str]:
                 serve.shutdown()  # type: ignore[no-untyped-call]
             finally:
                 ray.shutdown()
-                _end(temp_dir, started, grace)
+                ensure_stopped(temp_dir, started, grace)
 
 
 @dataclass(frozen=True)
@@ -217,4 +218,4 @@ def ray_head(env: Mapping[str, str] | None = None) -> Iterator[RayHead]:
             known = ray_processes(temp_dir, gcs_marker)
             # The GCS and the autoscaler's monitor sit out a SIGTERM for tens of seconds.
             stop_ray_processes(known, timeout=5)
-            _end(temp_dir, known, 5, gcs_marker)
+            ensure_stopped(temp_dir, known, 5, gcs_marker)

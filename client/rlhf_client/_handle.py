@@ -4,9 +4,10 @@ The handle calls ``UpdateService.post_block`` (``rlhf_update_server.ray_serve``)
 the POST through the replica's own ASGI app: the answer is the one HTTP would give. Ray is
 imported only when a transport is made, so the client installs and imports without it.
 
-    >>> from ray import serve  # doctest: +SKIP
-    >>> handle = serve.get_deployment_handle("UpdateService", "rlhf-update")  # doctest: +SKIP
-    >>> transport = HandleTransport(handle)  # doctest: +SKIP
+    from ray import serve
+
+    handle = serve.get_deployment_handle("UpdateService", app_name="rlhf-update")
+    transport = HandleTransport(handle)
 
 The handle routes each call to the least loaded replica, not to an address: for the blocks
 of one update to spread over replicas, give the deployment ``max_ongoing_requests: 1``.

@@ -192,6 +192,13 @@ def test_the_handle_transport_carries_refusals_as_http_does(
     assert json.loads(answer.content) == over_http.json() == local.json()
 
 
+def test_a_path_that_is_not_the_services_is_refused_by_the_method(served: ServeApp) -> None:
+    transport = HandleTransport(serve.get_deployment_handle(DEPLOYMENT, APP_NAME))
+    # Raised in post_block itself: neither an answer nor taken for a network failure.
+    with pytest.raises(ValueError, match="must be a path of the service"):
+        asyncio.run(transport.post("http://elsewhere/update", b"{}", {}))
+
+
 def test_a_killed_replica_costs_at_most_one_request_and_is_back_within_30_s(
     served: ServeApp,
 ) -> None:
