@@ -11,6 +11,8 @@ dashboard), both on loopback. Prints:
   memory    proportional set size (PSS, Linux: shared pages split between the processes
             that map them) of every Ray process after the updates, by kind, beside the
             uvicorn server's
+  handle    the same update through rlhf_client.HandleTransport (a DeploymentHandle call
+            of post_block), one at a time from this driver, after the HTTP rounds
   kill      one replica killed (ray.kill) under a request every 0.1 s: failed requests
             and the seconds until Serve runs 2 replicas again
 Environment: RAY_BENCH_ROUNDS (default 400) rounds of the overhead, RAY_BENCH_KILL_REQUESTS
@@ -83,11 +85,37 @@ def _overhead(urls: dict[str, str], rounds: int) -> dict[str, list[float]]:
     return seconds
 
 
+def _through_handle(calls: int) -> list[float]:
+    import asyncio
+
+    from ray import serve
+    from rlhf_client import HandleTransport
+
+    body = _body()
+    headers = {"content-type": "application/json"}
+    transport = HandleTransport(serve.get_deployment_handle(DEPLOYMENT, APP_NAME))
+
+    async def run() -> list[float]:
+        seconds = []
+        for call in range(20 + calls):
+            start = time.perf_counter()
+            answer = await transport.post("/update", body, headers)
+            if answer.status != 200:
+                msg = f"the handle answered {answer.status}"
+                raise RuntimeError(msg)
+            if call >= 20:  # after a warm-up
+                seconds.append(time.perf_counter() - start)
+        return seconds
+
+    return asyncio.run(run())
+
+
 def _kind(process: psutil.Process) -> str:
     name = process.name()
     cmdline = " ".join(process.cmdline())
     if name.startswith("ray::"):
-        return name.removeprefix("ray::").split(":", 1)[0]
+        # A worker's title is its actor class, then what it runs: ServeController.run...
+        return name.removeprefix("ray::").split(":", 1)[0].split(".", 1)[0]
     for kind in ("gcs_server", "raylet", "log_monitor", "monitor.py", "dashboard"):
         if kind in cmdline:
             return kind.removesuffix(".py")
@@ -179,6 +207,11 @@ def main() -> None:
         ratio = statistics.median(seconds["serve"]) / statistics.median(seconds["uvicorn"])
         print(
             f"Serve costs {1000 * extra:.2f} ms more per request (median), {ratio:.1f}x uvicorn's"
+        )
+        handle_ms = [1000 * value for value in _through_handle(rounds)]
+        print(
+            f"through the handle ({rounds} calls after the HTTP rounds): median "
+            f"{statistics.median(handle_ms):.2f} ms, mean {statistics.fmean(handle_ms):.2f} ms"
         )
 
         pss: dict[str, list[int]] = defaultdict(list)
