@@ -11,6 +11,11 @@ TORCH_STAMP := $(VENV)/.torch-installed
 # pinned: an unpinned torch would download gigabytes of GPU wheels. Only `make test`
 # installs it (30 to 45 s the first time); elsewhere those tests are skipped, saying why.
 TORCH_REQUIREMENT := torch==2.13.0
+# Ray Serve for app/ray_serve.py and its tests (tests/system/test_ray_serve*.py): the extra
+# `.[ray]`, pinned in pyproject.toml. `make test` installs it (about 50 s and 240 MB the
+# first time), and `make typecheck`, since mypy reads Ray's types; elsewhere those tests
+# are skipped, saying why.
+RAY_STAMP := $(VENV)/.ray-installed
 APP_SOURCES := $(shell find app -name '*.py' -o -name 'py.typed')
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
@@ -22,7 +27,7 @@ run: $(SERVE_STAMP)
 	@echo "serving on http://127.0.0.1:$(PORT) (docs at /docs; Ctrl-C stops)"
 	HOST=127.0.0.1 PORT=$(PORT) $(BIN)/python -m app
 
-test: check $(DEV_STAMP) $(SERVE_STAMP) $(TORCH_STAMP)
+test: check $(DEV_STAMP) $(SERVE_STAMP) $(TORCH_STAMP) $(RAY_STAMP)
 	$(BIN)/python -m pytest
 
 # The inner loop: every test but those marked slow (real servers, subprocesses, fuzzing).
@@ -60,7 +65,7 @@ lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-typecheck: $(DEV_STAMP) $(SERVE_STAMP)
+typecheck: $(DEV_STAMP) $(SERVE_STAMP) $(RAY_STAMP)
 	$(BIN)/mypy
 
 # The layering of app/ as a checked contract (pyproject.toml, [tool.importlinter]).
@@ -91,6 +96,12 @@ $(DEV_STAMP): pyproject.toml client/pyproject.toml | $(VENV)/bin/python
 $(TORCH_STAMP): Makefile | $(VENV)/bin/python
 	@echo "installing $(TORCH_REQUIREMENT) into $(VENV) for the autograd tests"
 	$(PIP) '$(TORCH_REQUIREMENT)'
+	touch $@
+
+# The extra with the service (built again, the same sources); after the serve stamp.
+$(RAY_STAMP): pyproject.toml | $(SERVE_STAMP)
+	@echo "installing the extra [ray] (Ray Serve) into $(VENV) for the Ray Serve tests"
+	$(PIP) '.[ray]'
 	touch $@
 
 clean:

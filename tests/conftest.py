@@ -10,7 +10,12 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
+from scripts.ray_cluster import RAY_ENV
 from tests.helpers.reference import EXAMPLE
+
+# Ray reads some of these once, when it is first imported (by a test module, or by the
+# doctests of app/ray_serve.py): set before any is, for every Ray process a test starts.
+os.environ.update(RAY_ENV)
 
 
 @pytest.fixture(autouse=True)

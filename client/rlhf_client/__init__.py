@@ -26,6 +26,7 @@ from rlhf_client._errors import (
     UnsupportedMediaTypeError,
     UpdateTooLargeError,
 )
+from rlhf_client._handle import HandleTransport
 from rlhf_client._models import UpdateResult, UpdateStats
 from rlhf_client._optimizer import Optimizer
 from rlhf_client._version import __version__
@@ -42,6 +43,7 @@ __all__ = [
     "BadRequestError",
     "Client",
     "ContentTooLargeError",
+    "HandleTransport",
     "InternalServerError",
     "Optimizer",
     "RLHFClientError",

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-# The service's stack, and the service itself under either of its names.
+# The service's stack (Ray Serve's too), and the service itself under either of its names.
 SERVICE_MODULES = (
     "fastapi",
     "uvicorn",
@@ -17,6 +17,7 @@ SERVICE_MODULES = (
     "starlette",
     "app",
     "rlhf_update_server",
+    "ray",
 )
 
 pytestmark = pytest.mark.slow

@@ -53,6 +53,7 @@ def test_the_layers_are_kept() -> None:
         ),
         pytest.param("ops/metrics.py", "from ..api import scrape", "app.ops", id="ops-imports-api"),
         pytest.param("api/gate.py", "from .. import main", "app.api", id="api-imports-main"),
+        pytest.param("main.py", "from . import ray_serve", "app.main", id="main-imports-ray-serve"),
         pytest.param("__main__.py", "from . import main", "app.__main__", id="entry-imports-main"),
     ],
 )
