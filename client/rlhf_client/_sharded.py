@@ -17,7 +17,7 @@ import asyncio
 import json
 import math
 import os
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -161,7 +161,6 @@ class AsyncShardedClient:
         self.block_columns = block_columns
         self.max_concurrency = max_concurrency or 2 * len(self.transports)
         self._retry = RetryPolicy(max_retries=max_retries)
-        self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
         self._chunk: int | None = None
         self._chunk_read = False
 
@@ -364,7 +363,7 @@ class AsyncShardedClient:
                     raise_for_status(response)
                     return _read_answer(response, path)
                 delay = retry_in
-            await self._sleep(delay)
+            await asyncio.sleep(delay)
             attempt += 1
 
 
