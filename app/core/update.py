@@ -110,8 +110,10 @@ def rlhf_weight_update(
         w' &= w + \\mathrm{lr} \\, g
 
     `kl_i` is the single-sample (k1) estimate of KL(policy || reference) [1]_, subtracted
-    from the reward as in [2]_. The sum over samples is one matrix-vector product, so no
-    (B, N) temporary is built. All arithmetic is float64.
+    from the reward as in [2]_. The sum over samples adds the rows in order for each column
+    (`app.core.kernel.weighted_row_sum`), without a (B, N) temporary, and every norm over N
+    comes from fixed chunks of columns (`app.core.norms`): the result does not depend on the
+    machine or the BLAS build. All arithmetic is float64.
 
     References
     ----------
