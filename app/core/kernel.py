@@ -16,10 +16,10 @@ from .results import FloatArray
 
 __all__ = ["TILE_COLUMNS", "weighted_row_sum"]
 
-# Columns taken at a time: the running sum and one row's products stay in the core's
-# cache (2 x 128 KiB) while B rows pass over them. Measured on this project's bench
-# machine between 4,096 and 32,768 columns; the result does not depend on it.
-TILE_COLUMNS = 16_384
+# Columns taken at a time: the running sum and one row's products (2 x 256 KiB) stay in a
+# core's L2 cache while the B rows pass over them; `python -m benchmarks.kernel` compares
+# other widths. The result does not depend on it.
+TILE_COLUMNS = 32_768
 
 
 def weighted_row_sum(weights: FloatArray, matrix: FloatArray) -> FloatArray:

@@ -174,14 +174,15 @@ class AsyncShardedClient:
         *,
         beta: float,
         lr: float,
-        timeout: float | None = None,
+        timeout: Timeout | None = None,
         request_id: str | None = None,
         dtype: WireDtype | None = None,
         **options: Any,
     ) -> UpdateResult:
         """`Client.update`, the columns sent in blocks; the same result, bit for bit.
 
-        `timeout` (seconds) bounds each POST of a block; `request_id` is sent with every
+        `timeout` (seconds; of an `httpx2.Timeout`, its read timeout) bounds each POST of a
+        block; `request_id` is sent with every
         block. Errors are the `Client`'s: a 422 of a block names the column by its index
         in the whole vector.
         """
@@ -198,7 +199,8 @@ class AsyncShardedClient:
         state = _state_of(options.pop("optimizer_state", None), n)
         width = await self._block_width(n)
         offsets = list(range(0, n, width))
-        plan = _Plan(named, beta, lr, options, state, width, timeout, request_id)
+        seconds = timeout.read if isinstance(timeout, httpx2.Timeout) else timeout
+        plan = _Plan(named, beta, lr, options, state, width, seconds, request_id)
         if options.get("max_grad_norm") is None:
             blocks = await self._each(offsets, lambda k, o: self._one_call(plan, k, o))
             return _combined(blocks, plan)
@@ -412,7 +414,7 @@ class ShardedClient:
         *,
         beta: float,
         lr: float,
-        timeout: float | None = None,
+        timeout: Timeout | None = None,
         request_id: str | None = None,
         dtype: WireDtype | None = None,
         **options: Any,
