@@ -387,7 +387,6 @@ class ShardedClient:
         headers: Mapping[str, str] | None = None,
         api_key: str | None = None,
     ) -> None:
-        self._loop = asyncio.new_event_loop()
         self._client = AsyncShardedClient(
             base_urls,
             transports=transports,
@@ -398,6 +397,8 @@ class ShardedClient:
             headers=headers,
             api_key=api_key,
         )
+        # After the arguments are checked: a loop left unclosed would leak its sockets.
+        self._loop = asyncio.new_event_loop()
 
     @property
     def transports(self) -> list[BlockTransport]:
