@@ -16,11 +16,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.params import Depends
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from ..core import UpdateOptions
 from ..core.norms import CHUNK_COLUMNS
 from ..errors import UnsupportedMediaTypeError
 from ..ops.context import RequestContext, current_context, scope_header
@@ -33,6 +35,7 @@ from ..wire.media import (
     response_format,
     wire_format,
 )
+from ..wire.payload import StepPayload
 from ..wire.schemas import REFERENCE_EXAMPLE, UpdateRequest
 from .body import UploadBudget, read_body
 from .gate import ConcurrencyGate
@@ -146,6 +149,26 @@ _PARTIALS = (
 _GRAD_EXAMPLE = REFERENCE_EXAMPLE | {"column_offset": 0}
 
 
+def _grad_example() -> Any:
+    """The real answer to the request's example, computed by the service."""
+    payload = json_codec.decode_request(bytearray(orjson.dumps(_GRAD_EXAMPLE)))
+    return orjson.loads(json_codec.encode_gradient(payload.compute_gradient()))
+
+
+def _apply_example() -> Any:
+    """The real answer of /update/apply to the example's gradient, clipped to norm 0.5."""
+    gradient = json_codec.decode_request(bytearray(orjson.dumps(_GRAD_EXAMPLE)))
+    result = gradient.compute_gradient()
+    step = StepPayload(
+        weights=gradient.weights,
+        grad=result.grad,
+        lr=gradient.lr,
+        grad_norm=result.stats.grad_norm,
+        options=UpdateOptions(max_grad_norm=0.5, column_offset=0),
+    )
+    return orjson.loads(json_codec.encode_applied(step.compute()))
+
+
 def _grad_openapi() -> dict[str, Any]:
     return {
         "requestBody": {
@@ -167,13 +190,7 @@ def _grad_openapi() -> dict[str, Any]:
                 f"(grad_norm_partials: {_PARTIALS}) and the batch's statistics (stats, "
                 "without grad_norm, clipped, update_norm, optimizer_step).",
                 "content": {
-                    JSON_MEDIA_TYPE: {
-                        "example": {
-                            "grad": [0.5, -0.5],
-                            "grad_norm_partials": [[1.0, 0.5]],
-                            "stats": {"kl_mean": 0.0, "reward_mean": 1.0, "...": "..."},
-                        }
-                    },
+                    JSON_MEDIA_TYPE: {"example": _grad_example()},
                     SAFETENSORS_MEDIA_TYPE: _binary(
                         "Tensors grad (F64) and grad_norm_partials; __metadata__ stats as "
                         "JSON text."
@@ -209,13 +226,7 @@ def _apply_openapi() -> dict[str, Any]:
                         "Tensors weights, the state's vectors, the partials; __metadata__ "
                         'clipped ("true" or "false") and optimizer_state.step.'
                     ),
-                    JSON_MEDIA_TYPE: {
-                        "example": {
-                            "weights": [1.05, 0.95],
-                            "clipped": True,
-                            "step_norm_partials": [[1.0, 0.25]],
-                        }
-                    },
+                    JSON_MEDIA_TYPE: {"example": _apply_example()},
                 },
             }
         },

@@ -258,7 +258,10 @@ def test_info_and_openapi_tell_the_chunk_and_the_routes(client: TestClient) -> N
     grad = paths["/update/grad"]["post"]
     example = grad["requestBody"]["content"]["application/json"]["example"]
     assert example["column_offset"] == 0
-    assert client.post("/update/grad", json=example).status_code == 200
+    answer = client.post("/update/grad", json=example)
+    assert answer.status_code == 200
+    shown = grad["responses"]["200"]["content"]["application/json"]["example"]
+    assert shown == answer.json()
     apply = paths["/update/apply"]["post"]
     assert set(apply["requestBody"]["content"]) == {SAFETENSORS}
     assert "grad_norm" in apply["requestBody"]["content"][SAFETENSORS]["schema"]["description"]
