@@ -15,6 +15,7 @@ from starlette.types import ASGIApp
 
 from . import __version__
 from .api.auth import bearer_token_check
+from .api.blocks import APPLY_PATH, GRAD_PATH, install_block_routes
 from .api.body import UPLOAD_BUDGET_BODIES, UploadBudget
 from .api.body_limit import ProblemBodyLimit
 from .api.docs import install_offline_docs
@@ -43,7 +44,8 @@ class _Service(FastAPI):
         limited = ProblemBodyLimit(
             super().build_middleware_stack(), self.state.settings.max_body_size
         )
-        return RequestIdMiddleware(UpdateObserver(limited, self.state.metrics))
+        observed = ("/update", GRAD_PATH, APPLY_PATH)
+        return RequestIdMiddleware(UpdateObserver(limited, self.state.metrics, observed))
 
     def openapi(self) -> dict[str, Any]:
         # FastAPI files a response model under application/json; errors go out as problem+json.
@@ -100,18 +102,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     token = settings.bearer_token()
     if token is not None:
         update_guards.append(Depends(bearer_token_check(token)))
-    install_update_route(
-        app,
-        update_guards,
-        responses={
-            **({401: problem_doc("The bearer token is missing or wrong.")} if token else {}),
-            503: problem_doc(
-                "RLHF_MAX_IN_FLIGHT updates are running and RLHF_MAX_QUEUE wait (or one "
-                "waited RLHF_QUEUE_TIMEOUT_SECONDS), or the bodies being held would pass the "
-                "upload budget; retry after Retry-After seconds."
-            ),
-        },
-    )
+    guard_responses: dict[int | str, dict[str, Any]] = {
+        **({401: problem_doc("The bearer token is missing or wrong.")} if token else {}),
+        503: problem_doc(
+            "RLHF_MAX_IN_FLIGHT updates are running and RLHF_MAX_QUEUE wait (or one "
+            "waited RLHF_QUEUE_TIMEOUT_SECONDS), or the bodies being held would pass the "
+            "upload budget; retry after Retry-After seconds."
+        ),
+    }
+    install_update_route(app, update_guards, responses=guard_responses)
+    install_block_routes(app, update_guards, responses=guard_responses)
     app.state.info = service_info(settings)
     app.include_router(info_router)
     app.include_router(probes_router)

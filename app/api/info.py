@@ -9,6 +9,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from .. import __version__
+from ..core.norms import CHUNK_COLUMNS
 from ..settings import Settings
 from ..wire.media import JSON_MEDIA_TYPE, SAFETENSORS_MEDIA_TYPE
 from ..wire.safetensors_codec import describe_layout
@@ -37,6 +38,7 @@ def service_info(settings: Settings) -> ServiceInfo:
         response_media_types=[JSON_MEDIA_TYPE, SAFETENSORS_MEDIA_TYPE],
         safetensors_dtypes=layout["weights"]["dtypes"],
         options=describe_options(),
+        chunk_columns=CHUNK_COLUMNS,
     )
 
 

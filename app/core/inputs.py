@@ -20,9 +20,24 @@ from .options import (
     sequence_length_problems,
 )
 from .overflow import first_non_finite
-from .results import MAX_LISTED_PROBLEMS, FloatArray, InputProblem, InvalidInputError, format_loc
+from .results import (
+    MAX_LISTED_PROBLEMS,
+    FloatArray,
+    InputProblem,
+    InvalidInputError,
+    Loc,
+    format_loc,
+)
 
-__all__ = ["ARRAY_SHAPES", "LOG_PROB_ARRAYS", "CheckedInputs", "check_inputs", "shape_text"]
+__all__ = [
+    "ARRAY_SHAPES",
+    "LOG_PROB_ARRAYS",
+    "CheckedInputs",
+    "CheckedStep",
+    "check_inputs",
+    "check_step_inputs",
+    "shape_text",
+]
 
 # The expected shape of each array argument, in the order of the signature.
 ARRAY_SHAPES: Mapping[str, tuple[str, ...]] = {
@@ -35,6 +50,7 @@ ARRAY_SHAPES: Mapping[str, tuple[str, ...]] = {
 # The optional float arrays, one value per sample, that the options carry.
 _SHAPES: Mapping[str, tuple[str, ...]] = {
     **ARRAY_SHAPES,
+    "grad": ("N",),
     **dict.fromkeys(FLOAT_SAMPLE_OPTIONS, ("B",)),
 }
 # The arrays of sequence log-probs: 2-D ones would be per-token log-probs.
@@ -93,7 +109,10 @@ def check_inputs(
             problems += [InputProblem(loc, msg) for loc, msg in length_problems]
         if options.optimizer_state is not None and not problems:
             state, state_problem_list = state_problems(
-                options.optimizer_state, options.optimizer, arrays["weights"].shape[0]
+                options.optimizer_state,
+                options.optimizer,
+                arrays["weights"].shape[0],
+                options.column_offset or 0,
             )
             problems += state_problem_list
         if not problems and options.baseline != "none":
@@ -101,17 +120,82 @@ def check_inputs(
             if options.baseline == "rloo":
                 problems = _rloo_problems(groups, grouped=ids is not None)
     if not problems:
-        problems = [
-            InputProblem(
-                (name, *index),
-                f"{format_loc((name, *index))} is {array[index]}; expected a finite number",
-            )
-            for name, array in arrays.items()
-            if (index := first_non_finite(array)) is not None
-        ]
+        problems = _non_finite_problems(arrays, options.column_offset or 0)
     if problems:
         raise InvalidInputError(problems)
     return CheckedInputs(arrays, beta_value, lr_value, groups, lengths, state)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedStep:
+    """The inputs of a block's step (`app.core.update.apply_gradient`), every rule checked."""
+
+    arrays: dict[str, FloatArray]  # "weights" and "grad"
+    lr: float
+    grad_norm: float
+    state: dict[StateVector, FloatArray]
+
+
+def check_step_inputs(
+    weights: ArrayLike, grad: ArrayLike, *, lr: float, grad_norm: float, options: UpdateOptions
+) -> CheckedStep:
+    """Check a block's weights and gradient, lr, the whole's norm, the optimizer and state.
+
+    Raises
+    ------
+    InvalidInputError
+        Naming every argument (and index, in the whole vector) that breaks a rule.
+    """
+    problems: list[InputProblem] = []
+    arrays = {
+        name: array
+        for name, value in (("weights", weights), ("grad", grad))
+        if (array := _as_float64(name, value, problems)) is not None
+    }
+    lr_value = _as_scalar("lr", lr, problems)
+    norm_value = _as_scalar("grad_norm", grad_norm, problems)
+    problems += [
+        InputProblem((name,), msg)
+        for name, msg in option_problems(options)
+        if name in ("max_grad_norm", "column_offset")
+    ]
+    if options.optimizer is not None:
+        problems += [InputProblem(loc, msg) for loc, msg in optimizer_problems(options.optimizer)]
+    state: dict[StateVector, FloatArray] = {}
+    if not problems:
+        n = arrays["weights"].shape[0]
+        if n == 0:
+            msg = "weights is empty; expected at least 1 entry"
+            problems.append(InputProblem(("weights",), msg))
+        if arrays["grad"].shape[0] != n:
+            msg = f"{_length_text('grad', arrays['grad'].shape[0], 'entries', n)} (= len(weights))"
+            problems.append(InputProblem(("grad",), msg))
+        if options.optimizer_state is not None and not problems:
+            state, state_problem_list = state_problems(
+                options.optimizer_state, options.optimizer, n, options.column_offset or 0
+            )
+            problems += state_problem_list
+    if not problems:
+        problems = _non_finite_problems(arrays, options.column_offset or 0)
+    if problems:
+        raise InvalidInputError(problems)
+    return CheckedStep(arrays, lr_value, norm_value, state)
+
+
+def _non_finite_problems(arrays: dict[str, FloatArray], offset: int) -> list[InputProblem]:
+    """The first entry of each array that is not finite; columns by their index in the whole."""
+    problems = []
+    for name, array in arrays.items():
+        index = first_non_finite(array)
+        if index is None:
+            continue
+        named = index
+        if _SHAPES[name][-1] == "N":
+            named = (*index[:-1], offset + index[-1])
+        loc: Loc = (name, *named)
+        msg = f"{format_loc(loc)} is {array[index]}; expected a finite number"
+        problems.append(InputProblem(loc, msg))
+    return problems
 
 
 def _rloo_problems(groups: Groups, *, grouped: bool) -> list[InputProblem]:

@@ -149,9 +149,12 @@ def optimizer_problems(optimizer: Optimizer) -> list[tuple[Loc, str]]:
 
 
 def state_problems(
-    state: OptimizerState, optimizer: Optimizer | None, n: int
+    state: OptimizerState, optimizer: Optimizer | None, n: int, offset: int = 0
 ) -> tuple[dict[StateVector, FloatArray], list[InputProblem]]:
-    """The state's vectors as float64 arrays of length `n`, or every problem with them."""
+    """The state's vectors as float64 arrays of length `n`, or every problem with them.
+
+    `offset` is the index in the whole vector of the first entry (a block's), for messages.
+    """
     problems: list[InputProblem] = []
     step = state.step
     if isinstance(step, bool) or not isinstance(step, int | np.integer) or step < 0:
@@ -183,8 +186,8 @@ def state_problems(
             continue
         index = first_non_finite(array)
         if index is not None:
-            i = index[0]
-            msg = f"optimizer_state.{name}[{i}] is {array[i]}; expected a finite number"
+            i = offset + index[0]
+            msg = f"optimizer_state.{name}[{i}] is {array[index]}; expected a finite number"
             problems.append(InputProblem((*loc, i), msg))
             continue
         arrays[name] = array

@@ -9,6 +9,7 @@ from typing import Literal, get_args
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from .norms import CHUNK_COLUMNS
 from .optimizers import Optimizer, OptimizerState
 from .overflow import finite_or_nan
 from .results import Loc
@@ -151,6 +152,8 @@ class UpdateOptions:
     tis_batch_normalize: bool = False
     optimizer: Optimizer | None = None
     optimizer_state: OptimizerState | None = None
+    # A block of a sharded update: its first column in the whole vector (`app.core.norms`).
+    column_offset: int | None = None
 
     @property
     def estimator(self) -> KlEstimatorName:
@@ -254,7 +257,26 @@ def _number_problems(options: UpdateOptions) -> list[tuple[str, str]]:
         msg = f"dual_clip_c is {options.dual_clip_c!r}; expected a finite number > 1"
         problems.append(("dual_clip_c", msg))
     problems += _reward_clip_problems(options.reward_clip)
+    problems += _column_offset_problems(options.column_offset)
     return problems
+
+
+def _column_offset_problems(offset: object) -> list[tuple[str, str]]:
+    """A block's first column: an integer >= 0, a whole number of norm chunks."""
+    if offset is None:
+        return []
+    if (
+        isinstance(offset, bool)
+        or not isinstance(offset, int | np.integer)
+        or offset < 0
+        or offset % CHUNK_COLUMNS
+    ):
+        msg = (
+            f"column_offset is {offset!r}; expected an integer >= 0 and a multiple of "
+            f"{CHUNK_COLUMNS} (the column chunk whose norms a sharded update combines)"
+        )
+        return [("column_offset", msg)]
+    return []
 
 
 def _reward_clip_problems(value: object) -> list[tuple[str, str]]:

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from .results import AnyFloatArray, FloatArray, InputProblem, UpdateOverflowError, UpdateStats
+from .results import AnyFloatArray, InputProblem, UpdateOverflowError, UpdateStats
 
 __all__ = [
     "finite_or_nan",
@@ -55,21 +55,23 @@ def first_non_finite(array: AnyFloatArray) -> tuple[int, ...] | None:
     return tuple(int(i) for i in bad[0]) if bad.size else None
 
 
-def require_finite(estimator: str = "k1", **quantities: FloatArray) -> None:
+def require_finite(estimator: str = "k1", *, offset: int = 0, **quantities: AnyFloatArray) -> None:
     """Raise `UpdateOverflowError` naming the first entry of a quantity that is not finite.
 
     The keywords are quantities of `_DESCRIPTIONS`, looked at in the order given;
-    `estimator` words a KL estimate.
+    `estimator` words a KL estimate. `offset` is added to the index named: a block of
+    columns names its entries by their index in the whole vector.
     """
     for name, values in quantities.items():
         index = first_non_finite(values)
         if index is not None:
+            i = offset + index[0]
             # Other quantities (the optimizer's new state) are named as they are.
-            what = _DESCRIPTIONS.get(name, f"the new {name}[{{i}}]").format(i=index[0])
+            what = _DESCRIPTIONS.get(name, f"the new {name}[{{i}}]").format(i=i)
             if name == "kl" and estimator != "k1":
-                what = f"the {estimator} KL estimate of sample {index[0]}"
+                what = f"the {estimator} KL estimate of sample {i}"
             msg = f"{what} overflows float64 ({values[index]}); scale down the inputs or lr"
-            raise UpdateOverflowError([InputProblem((name, index[0]), msg)])
+            raise UpdateOverflowError([InputProblem((name, i), msg)])
 
 
 def require_finite_stats(stats: UpdateStats) -> None:

@@ -13,9 +13,13 @@ if TYPE_CHECKING:
     from .optimizers import OptimizerState
 
 __all__ = [
+    "COLUMN_STATS",
     "MAX_LISTED_PROBLEMS",
     "AnyFloatArray",
+    "AppliedStep",
+    "ColumnPartials",
     "FloatArray",
+    "GradientResult",
     "InputProblem",
     "InvalidInputError",
     "KlEstimates",
@@ -150,6 +154,26 @@ class UpdateStats:
     optimizer_step: int | None = None
 
 
+# The statistics reduced over the columns (or stepped with them): a block of a sharded
+# update has its own, which the client replaces by the whole's. The others are the batch's,
+# the same in every block.
+COLUMN_STATS = ("grad_norm", "clipped", "update_norm", "optimizer_step")
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnPartials:
+    """A block's chunk partials (`app.core.norms.chunk_partials`), each of shape (k, 2).
+
+    `grad`: of the gradient before clipping; `step`: after clipping, when it clipped;
+    `update`: of ``new_weights - weights``, when the step is an optimizer's rather than
+    ``weights + lr * grad`` (whose norm is ``lr`` times the step's).
+    """
+
+    grad: FloatArray | None
+    step: FloatArray | None = None
+    update: FloatArray | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class UpdateResult:
     """The new weights (shape (N,), float64 unless cast) and the diagnostics of the step."""
@@ -158,3 +182,27 @@ class UpdateResult:
     stats: UpdateStats
     # The optimizer's new state, with `optimizer` only (`app.core.optimizers`).
     optimizer_state: OptimizerState | None = None
+    # With `column_offset` only: the block's partials of the norms over N.
+    partials: ColumnPartials | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GradientResult:
+    """A block's gradient before clipping, its chunk partials and the batch's statistics.
+
+    In `stats`, those of `COLUMN_STATS` are the block's own, as if it were the whole.
+    """
+
+    grad: FloatArray
+    partials: FloatArray
+    stats: UpdateStats
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedStep:
+    """A block's step from its gradient: new weights, new state, and its partials."""
+
+    weights: AnyFloatArray
+    optimizer_state: OptimizerState | None
+    clipped: bool
+    partials: ColumnPartials

@@ -11,6 +11,7 @@ import math
 import numpy as np
 from numpy.typing import NDArray
 
+from .kernel import weighted_row_sum
 from .results import FloatArray
 
 __all__ = [
@@ -108,16 +109,21 @@ def scaled_sum_of_squares(values: FloatArray) -> tuple[float, float]:
     Usually ``s = 1``: a finite sum of squares proves that none overflowed, and one of at
     least 2**-900 loses nothing that matters to squares that underflowed (each is below
     2**-1022). Otherwise the values are divided by a power of two (exactly) first.
+    The sum is NumPy's pairwise sum of the squares, not BLAS's dot product, whose order
+    differs between BLAS builds and machines.
     """
-    squares = float(values @ values)
+    squares = _sum_of_squares(values)
     if _SQUARES_SAFE_MIN <= squares < math.inf:
         return 1.0, squares
     scale = power_of_two_scale(values)
     if scale == 0.0 or not math.isfinite(scale):
         # All zeros: (0, 0). An infinite entry: (inf, 1), a norm of inf.
         return scale, float(scale != 0.0)
-    scaled = values / scale
-    return scale, float(scaled @ scaled)
+    return scale, _sum_of_squares(values / scale)
+
+
+def _sum_of_squares(values: FloatArray) -> float:
+    return float(np.add.reduce(values * values))
 
 
 def power_of_two_scale(values: FloatArray) -> float:
@@ -162,7 +168,9 @@ def mean_product(
     The vector is divided by one power of two and each column of the matrix by its own, so
     that every product is below 4 in magnitude and every sum below ``4 * len(vector)``; the
     mean is scaled back by `np.ldexp`, which rounds only where the result itself is
-    subnormal or overflows. Scaling by powers of two is exact, so the result is what the
+    subnormal or overflows. The sum is `app.core.kernel.weighted_row_sum`'s, and every
+    scale is the vector's or the column's own, so a column's result depends on that column
+    alone. Scaling by powers of two is exact, so the result is what the
     plain product would give with an unbounded exponent range, except for terms so much
     smaller than the largest of their column that they underflow (below 2**-1022 of it),
     which the plain sum would lose to rounding all the same.
@@ -192,7 +200,7 @@ def mean_product(
     column_exponents = np.frexp(column_max)[1] - 1
     scaled_vector = np.ldexp(vector, -vector_exponent)
     scaled_matrix = np.ldexp(matrix, -column_exponents)
-    sums = scaled_vector @ scaled_matrix
+    sums = weighted_row_sum(scaled_vector, scaled_matrix)
     size = vector.size if divisor is None else divisor
     result: FloatArray = np.ldexp(sums / size, vector_exponent + column_exponents)
     return result

@@ -8,22 +8,28 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from .advantages import advantages, kl_estimate, whiten
 from .aggregation import aggregation
-from .inputs import check_inputs
-from .kl_loss import kl_loss_terms
-from .optimizers import OptimizerState, optimizer_step, takes_plain_step
+from .inputs import CheckedInputs, check_inputs, check_step_inputs
+from .kernel import weighted_row_sum
+from .kl_loss import KlLossTerms, kl_loss_terms
+from .norms import chunk_partials, norm_of_partials
+from .optimizers import OptimizerState, StateVector, optimizer_step, takes_plain_step
 from .options import KlEstimatorName, UpdateOptions
 from .overflow import first_non_finite, require_finite, require_finite_stats
-from .policy_loss import policy_coefficients
+from .policy_loss import PolicyTerms, policy_coefficients
 from .results import (
+    AppliedStep,
+    ColumnPartials,
     FloatArray,
+    GradientResult,
     InputProblem,
+    InvalidInputError,
     KlEstimates,
     UpdateOverflowError,
     UpdateResult,
@@ -32,15 +38,23 @@ from .results import (
 from .stable import (
     add_product,
     clamp,
-    l2_norm,
     mean,
     mean_product,
     sample_std,
     scaled_sum_of_squares,
 )
-from .tis import tis_weights
+from .tis import TisWeights, tis_weights
 
-__all__ = ["compute_update", "in_weights_dtype", "rlhf_weight_update"]
+__all__ = [
+    "apply_gradient",
+    "compute_gradient",
+    "compute_update",
+    "in_weights_dtype",
+    "rlhf_weight_update",
+]
+
+# A result whose weights `in_weights_dtype` casts.
+_Stepped = TypeVar("_Stepped", UpdateResult, AppliedStep)
 
 
 def rlhf_weight_update(
@@ -96,8 +110,10 @@ def rlhf_weight_update(
         w' &= w + \\mathrm{lr} \\, g
 
     `kl_i` is the single-sample (k1) estimate of KL(policy || reference) [1]_, subtracted
-    from the reward as in [2]_. The sum over samples is one matrix-vector product, so no
-    (B, N) temporary is built. All arithmetic is float64.
+    from the reward as in [2]_. The sum over samples adds the rows in order for each column
+    (`app.core.kernel.weighted_row_sum`), without a (B, N) temporary, and every norm over N
+    comes from fixed chunks of columns (`app.core.norms`): the result does not depend on the
+    machine or the BLAS build. All arithmetic is float64.
 
     References
     ----------
@@ -183,6 +199,186 @@ def compute_update(
     kl_horizon)``.
     """
     options = options or UpdateOptions()
+    batch = _batch_terms(
+        weights, rewards, policy_log_probs, ref_log_probs, log_prob_grads, beta, lr, options
+    )
+    offset = options.column_offset
+    if offset is not None and options.max_grad_norm is not None:
+        msg = (
+            "column_offset with max_grad_norm: clipping needs the norm of the whole "
+            "gradient; send each block to /update/grad, then to /update/apply with the "
+            "combined grad_norm"
+        )
+        raise InvalidInputError([InputProblem(("column_offset",), msg)])
+    grad = _gradient(batch.coefficient, batch.grads, batch.divisor, offset or 0)
+    grad_partials = chunk_partials(grad)
+    grad_norm = norm_of_partials(grad_partials)
+    step, update_norm = _step(batch.weights, grad, grad_norm, batch.lr, options, batch.state)
+    new_state = step.optimizer_state
+    stats = _stats(
+        batch,
+        grad_norm=grad_norm,
+        clipped=step.clipped,
+        update_norm=update_norm,
+        optimizer_step=None if new_state is None else new_state.step,
+    )
+    _require_finite_step(step, options, offset or 0)
+    require_finite_stats(stats)
+    partials = None
+    if offset is not None:
+        partials = dataclasses.replace(step.partials, grad=grad_partials)
+    return UpdateResult(
+        weights=step.weights, stats=stats, optimizer_state=new_state, partials=partials
+    )
+
+
+@np.errstate(over="ignore", invalid="ignore")
+def compute_gradient(
+    weights: ArrayLike,
+    rewards: ArrayLike,
+    policy_log_probs: ArrayLike,
+    ref_log_probs: ArrayLike,
+    log_prob_grads: ArrayLike,
+    *,
+    beta: float,
+    lr: float,
+    options: UpdateOptions | None = None,
+) -> GradientResult:
+    """Steps 0 to 5 of `compute_update` for one block of columns: its gradient and partials.
+
+    Parameters
+    ----------
+    weights, rewards, policy_log_probs, ref_log_probs, log_prob_grads, beta, lr, options
+        As in `compute_update`, with `weights` and the columns of `log_prob_grads` those
+        of the block that starts at ``options.column_offset`` (0 when not set); the (B,)
+        arrays whole. The optimizer and `max_grad_norm` are checked, not used.
+
+    Returns
+    -------
+    GradientResult
+        The block's gradient before clipping, equal bit for bit to those columns of the
+        whole's; its `app.core.norms.chunk_partials`; the batch's statistics, the same
+        for every block (and the block's own `COLUMN_STATS`).
+
+    Raises
+    ------
+    InvalidInputError, UpdateOverflowError
+        As `compute_update`, a column named by its index in the whole vector.
+    """
+    options = options or UpdateOptions()
+    batch = _batch_terms(
+        weights, rewards, policy_log_probs, ref_log_probs, log_prob_grads, beta, lr, options
+    )
+    grad = _gradient(batch.coefficient, batch.grads, batch.divisor, options.column_offset or 0)
+    partials = chunk_partials(grad)
+    grad_norm = norm_of_partials(partials)
+    stats = _stats(batch, grad_norm=grad_norm, clipped=False, update_norm=0.0, optimizer_step=None)
+    require_finite_stats(stats)
+    return GradientResult(grad=grad, partials=partials, stats=stats)
+
+
+@np.errstate(over="ignore", invalid="ignore")
+def apply_gradient(
+    weights: ArrayLike,
+    grad: ArrayLike,
+    *,
+    lr: float,
+    grad_norm: float,
+    options: UpdateOptions | None = None,
+) -> AppliedStep:
+    """Steps 6 and 7 of `compute_update` for one block: clip by the whole's norm, then step.
+
+    Parameters
+    ----------
+    weights : array_like, shape (n,)
+        The block's weights.
+    grad : array_like, shape (n,)
+        The block's gradient before clipping (`compute_gradient`'s).
+    lr : float
+        The learning rate, finite and >= 0.
+    grad_norm : float
+        The norm of the whole gradient, `app.core.norms.norm_of_partials` of every
+        block's partials: the clipping factor is derived from it as `compute_update` does.
+    options : UpdateOptions, optional
+        `max_grad_norm`, `optimizer` and the block of `optimizer_state`, and
+        `column_offset`; the other options are not used.
+
+    Returns
+    -------
+    AppliedStep
+        The new weights and state of the block, equal bit for bit to those columns of
+        `compute_update`'s, whether it clipped, and the block's partials of the norms of
+        the step after clipping and of the update.
+
+    Raises
+    ------
+    InvalidInputError
+        For arrays of other shapes, values that are not finite, a negative `lr` or
+        `grad_norm`, or an optimizer or state outside its domain, naming each.
+    UpdateOverflowError
+        When a new weight or state entry overflows, naming its index in the whole.
+    """
+    options = options or UpdateOptions()
+    checked = check_step_inputs(weights, grad, lr=lr, grad_norm=grad_norm, options=options)
+    step, _ = _step(
+        checked.arrays["weights"],
+        checked.arrays["grad"],
+        checked.grad_norm,
+        checked.lr,
+        options,
+        checked.state,
+    )
+    _require_finite_step(step, options, options.column_offset or 0)
+    return step
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Batch:
+    """What steps 0 to 5 computed, from the (B,) arrays: the same in every block."""
+
+    checked: CheckedInputs
+    rewards: FloatArray
+    kl: FloatArray
+    adjusted: FloatArray
+    advantage: FloatArray
+    log_ratio: FloatArray
+    own_estimate: dict[KlEstimatorName, float]
+    terms: PolicyTerms
+    tis: TisWeights | None
+    kl_loss: KlLossTerms | None
+    coefficient: FloatArray
+    divisor: float | None
+    kl_mean: float
+    options: UpdateOptions
+
+    @property
+    def weights(self) -> FloatArray:
+        return self.checked.arrays["weights"]
+
+    @property
+    def grads(self) -> FloatArray:
+        return self.checked.arrays["log_prob_grads"]
+
+    @property
+    def lr(self) -> float:
+        return self.checked.lr
+
+    @property
+    def state(self) -> dict[StateVector, FloatArray]:
+        return self.checked.state
+
+
+def _batch_terms(
+    weights: ArrayLike,
+    rewards: ArrayLike,
+    policy_log_probs: ArrayLike,
+    ref_log_probs: ArrayLike,
+    log_prob_grads: ArrayLike,
+    beta: float,
+    lr: float,
+    options: UpdateOptions,
+) -> _Batch:
+    """Check the inputs, then steps 0 to 5 up to each sample's gradient coefficient."""
     checked = check_inputs(
         {
             "weights": weights,
@@ -197,7 +393,7 @@ def compute_update(
     )
     estimator = options.estimator
     arrays = checked.arrays
-    w, r = arrays["weights"], arrays["rewards"]
+    r = arrays["rewards"]
     if options.reward_clip is not None:
         r = _clip_rewards(r, options.reward_clip)
     policy, ref, old = (
@@ -236,63 +432,109 @@ def compute_update(
         coefficient = coefficient / summed.per_sample
     if coefficient is not advantage:
         require_finite(coefficient=coefficient)
-    grad, grad_norm = _gradient(coefficient, arrays["log_prob_grads"], summed.divisor)
+    kl_mean = mean(kl)
+    # Unless clamped, the update's own estimate is one of the three reported side by side.
+    own_estimate = {estimator: kl_mean} if kl_bound is None else {}
+    return _Batch(
+        checked,
+        r,
+        kl,
+        adjusted,
+        advantage,
+        log_ratio,
+        own_estimate,
+        terms,
+        tis,
+        kl_loss,
+        coefficient,
+        summed.divisor,
+        kl_mean,
+        options,
+    )
+
+
+def _step(
+    w: FloatArray,
+    grad: FloatArray,
+    grad_norm: float,
+    lr: float,
+    options: UpdateOptions,
+    vectors: dict[StateVector, FloatArray],
+) -> tuple[AppliedStep, float]:
+    """Steps 6 and 7 on these columns: the step, and its update_norm were they the whole."""
     step_norm = grad_norm
     clipped = False
+    step_partials = None
     if options.max_grad_norm is not None:
         # torch.nn.utils.clip_grad_norm_ multiplies by min(factor, 1), 1e-6 included.
         factor = float(options.max_grad_norm) / (grad_norm + 1e-6)
         if factor < 1.0:
             grad = grad * factor
-            step_norm = l2_norm(grad)
+            step_partials = chunk_partials(grad)
+            step_norm = norm_of_partials(step_partials)
             clipped = True
     optimizer = options.optimizer
     state = options.optimizer_state or OptimizerState()
     new_state = None
+    update_partials = None
     if takes_plain_step(optimizer):
         # lr = 0 returns the weights bit for bit: w + 0.0 would turn -0.0 into 0.0.
-        new_weights = w + checked.lr * grad if checked.lr else w.copy()
-        update_norm = checked.lr * step_norm
+        new_weights = w + lr * grad if lr else w.copy()
+        update_norm = lr * step_norm
         if optimizer is not None:
             new_state = OptimizerState(step=int(state.step) + 1)
     else:
         assert optimizer is not None  # takes_plain_step said so
-        new_weights, new_state = optimizer_step(
-            w, grad, checked.lr, optimizer, int(state.step), checked.state
-        )
-        update_norm = l2_norm(new_weights - w)
-    kl_mean = mean(kl)
+        new_weights, new_state = optimizer_step(w, grad, lr, optimizer, int(state.step), vectors)
+        update_partials = chunk_partials(new_weights - w)
+        update_norm = norm_of_partials(update_partials)
+    partials = ColumnPartials(grad=None, step=step_partials, update=update_partials)
+    return AppliedStep(new_weights, new_state, clipped, partials), update_norm
+
+
+def _stats(
+    batch: _Batch,
+    *,
+    grad_norm: float,
+    clipped: bool,
+    update_norm: float,
+    optimizer_step: int | None,
+) -> UpdateStats:
+    """The update's statistics: the batch's, and those of `COLUMN_STATS` as given."""
+    r, advantage, kl_mean = batch.rewards, batch.advantage, batch.kl_mean
     reward_mean = mean(r)
     advantage_mean = mean(advantage)
-    # Unless clamped, the update's own estimate is one of the three reported side by side.
-    own_estimate = {estimator: kl_mean} if kl_bound is None else {}
-    stats = UpdateStats(
+    checked = batch.checked
+    return UpdateStats(
         kl_mean=kl_mean,
-        kl_max=float(kl.max()),
+        kl_max=float(batch.kl.max()),
         reward_mean=reward_mean,
         reward_std=sample_std(r, reward_mean),
-        adjusted_reward_mean=mean(adjusted),
+        adjusted_reward_mean=mean(batch.adjusted),
         advantage_mean=advantage_mean,
         advantage_std=sample_std(advantage, advantage_mean),
         grad_norm=grad_norm,
         clipped=clipped,
         update_norm=update_norm,
-        next_beta=_next_beta(checked.beta, kl_mean, r.size, options),
-        kl_estimates=_kl_estimates(log_ratio, own_estimate),
-        ratio=terms.stats,
-        kl_loss_mean=None if kl_loss is None else kl_loss.mean,
-        tis=None if tis is None else tis.stats,
-        optimizer_step=None if new_state is None else new_state.step,
+        next_beta=_next_beta(checked.beta, kl_mean, r.size, batch.options),
+        kl_estimates=_kl_estimates(batch.log_ratio, batch.own_estimate),
+        ratio=batch.terms.stats,
+        kl_loss_mean=None if batch.kl_loss is None else batch.kl_loss.mean,
+        tis=None if batch.tis is None else batch.tis.stats,
+        optimizer_step=optimizer_step,
     )
-    if new_state is None or takes_plain_step(optimizer):
-        require_finite(new_weights=new_weights)
+
+
+def _require_finite_step(step: AppliedStep, options: UpdateOptions, offset: int) -> None:
+    """Name the first new weight, then the first new state entry, that is not finite."""
+    new_state = step.optimizer_state
+    if new_state is None or takes_plain_step(options.optimizer):
+        require_finite(offset=offset, new_weights=step.weights)
     else:
-        require_finite(stepped_weights=new_weights)
+        require_finite(offset=offset, stepped_weights=step.weights)
     if new_state is not None:
         vectors = {f"optimizer_state.{k}": np.asarray(v) for k, v in new_state.vectors().items()}
-        require_finite(estimator, **vectors)
-    require_finite_stats(stats)
-    return UpdateResult(weights=new_weights, stats=stats, optimizer_state=new_state)
+        require_finite(options.estimator, offset=offset, **vectors)
 
 
 def _clip_rewards(rewards: FloatArray, bound: float | Sequence[float]) -> FloatArray:
@@ -331,7 +573,9 @@ def _kl_estimate_mean(log_ratio: FloatArray, estimator: KlEstimatorName) -> floa
     return mean(kl_estimate(log_ratio, estimator))
 
 
-def in_weights_dtype(result: UpdateResult, dtype: np.dtype[np.floating[Any]]) -> UpdateResult:
+def in_weights_dtype(
+    result: _Stepped, dtype: np.dtype[np.floating[Any]], column_offset: int = 0
+) -> _Stepped:
     """Cast the float64 result to the dtype the weights came in.
 
     float64, float32, float16, or ml_dtypes' bfloat16 (a binary body's BF16): each new
@@ -339,14 +583,16 @@ def in_weights_dtype(result: UpdateResult, dtype: np.dtype[np.floating[Any]]) ->
 
     Parameters
     ----------
-    result : UpdateResult
-        The output of `compute_update`, computed in float64.
+    result : UpdateResult or AppliedStep
+        The output of `compute_update` or `apply_gradient`, computed in float64.
     dtype : numpy.dtype
         The dtype of the caller's weights.
+    column_offset : int, optional
+        The index in the whole vector of the first weight (a block's), for the error.
 
     Returns
     -------
-    UpdateResult
+    UpdateResult or AppliedStep
         `result` itself for float64; otherwise the weights rounded to `dtype`.
 
     Raises
@@ -360,32 +606,34 @@ def in_weights_dtype(result: UpdateResult, dtype: np.dtype[np.floating[Any]]) ->
         weights: NDArray[Any] = result.weights.astype(dtype)
         index = first_non_finite(weights)
     if index is not None:
-        i = index[0]
+        j = index[0]
+        i = column_offset + j
         msg = (
             f"the updated weight weights[{i}] + lr * grad[{i}] overflows {dtype.name} "
-            f"({result.weights[i]}); scale down the inputs or lr, or send float64 weights"
+            f"({result.weights[j]}); scale down the inputs or lr, or send float64 weights"
         )
         raise UpdateOverflowError([InputProblem(("new_weights", i), msg)])
     return dataclasses.replace(result, weights=weights)
 
 
 def _gradient(
-    advantage: FloatArray, grads: FloatArray, divisor: float | None = None
-) -> tuple[FloatArray, float]:
-    """The policy gradient ``advantage @ grads / B`` and its L2 norm.
+    coefficient: FloatArray, grads: FloatArray, divisor: float | None, offset: int
+) -> FloatArray:
+    """The policy gradient ``coefficient @ grads / B``, each column computed on its own.
 
-    One matrix-vector product, no (B, N) temporary. `advantage` is each sample's
-    coefficient; `divisor`, when given, replaces B (see `app.core.aggregation`). Raises
-    `UpdateOverflowError` when an entry of the gradient overflows.
+    `coefficient` is each sample's; `divisor`, when given, replaces B (see
+    `app.core.aggregation`). The sum is `app.core.kernel.weighted_row_sum`'s, so a block
+    of columns gets the whole's bits. Raises `UpdateOverflowError` when an entry of the
+    gradient overflows, naming it by its index in the whole (`offset` + its own).
     """
-    b = advantage.size if divisor is None else divisor
-    grad: FloatArray = (advantage @ grads) / b
-    norm = l2_norm(grad)
-    # A finite norm proves every entry finite. Otherwise a product or a column sum may have
-    # overflowed although the gradient is representable: compute it again on operands
-    # scaled by powers of two (a (B, N) temporary, only then), and look.
-    if not math.isfinite(norm):
-        grad = mean_product(advantage, grads, b)
-        require_finite(grad=grad)
-        norm = l2_norm(grad)
-    return grad, norm
+    b = coefficient.size if divisor is None else divisor
+    grad: FloatArray = weighted_row_sum(coefficient, grads) / b
+    # A finite sum proves every entry finite. Otherwise a product or a partial sum of a
+    # column may have overflowed although its mean is representable: compute those
+    # columns again on operands scaled by powers of two (a (B, k) temporary for k such
+    # columns, only then), and look.
+    if not math.isfinite(grad.sum()):
+        redo = np.flatnonzero(~np.isfinite(grad))
+        grad[redo] = mean_product(coefficient, grads[:, redo], b)
+        require_finite(offset=offset, grad=grad)
+    return grad

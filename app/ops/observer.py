@@ -1,4 +1,5 @@
-"""One log line and one set of metrics per POST /update, whatever its outcome.
+"""One log line and one set of metrics per POST /update (and per POST of a sharded update's
+block, /update/grad and /update/apply), whatever its outcome.
 
 Wraps the app outside the body limit, so a 413 refused before the body was read is seen
 too. The line holds numbers only: never weights, gradients, bodies or headers.
@@ -24,9 +25,13 @@ logger = logging.getLogger("app.update")
 class UpdateObserver:
     """Measure every POST /update: status, format, sizes, shape, timings, kl_mean."""
 
-    def __init__(self, app: ASGIApp, metrics: UpdateMetrics) -> None:
+    def __init__(
+        self, app: ASGIApp, metrics: UpdateMetrics, paths: tuple[str, ...] = ("/update",)
+    ) -> None:
         self.app = app
         self.metrics = metrics
+        # The first is the update's own; a line of another says which path it was.
+        self.paths = paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         context = current_context()
@@ -34,7 +39,7 @@ class UpdateObserver:
             context is None
             or scope["type"] != "http"
             or scope["method"] != "POST"
-            or scope["path"] != "/update"
+            or scope["path"] not in self.paths
         ):
             await self.app(scope, receive, send)
             return
@@ -64,6 +69,7 @@ class UpdateObserver:
                 body_format=body_format(scope_header(scope, b"content-type")),
                 body_bytes=body_bytes,
                 duration=time.perf_counter() - start,
+                path=scope["path"],
             )
 
     def _record(
@@ -74,6 +80,7 @@ class UpdateObserver:
         body_format: str,
         body_bytes: int,
         duration: float,
+        path: str,
     ) -> None:
         metrics = self.metrics
         problem = context.problem
@@ -107,4 +114,6 @@ class UpdateObserver:
             line["kl_mean"] = context.kl_mean
         if problem is not None:
             line["error"] = problem.label
+        if path != self.paths[0]:
+            line["path"] = path
         logger.log(level, "update", extra=line)

@@ -31,6 +31,7 @@ import simdjson
 from numpy.typing import NDArray
 
 from ..core import InputProblem, UpdateOptions, UpdateResult
+from ..core.results import AppliedStep, GradientResult
 from ..errors import InvalidPayloadError, MalformedJsonError
 from .json_fields import FLOAT, SCALARS, RequestFields
 from .json_refusal import (
@@ -46,10 +47,11 @@ from .json_refusal import (
 )
 from .limits import check_element_count
 from .messages import OPTIONS
+from .partials import GRAD_PARTIALS, partials_fields
 from .payload import UpdatePayload
-from .stats import stats_as_dict
+from .stats import batch_stats_as_dict, stats_as_dict
 
-__all__ = ["decode_fast", "decode_request", "encode_response"]
+__all__ = ["decode_fast", "decode_request", "encode_applied", "encode_gradient", "encode_response"]
 
 # The 1-D arrays of the request, in the order the fast path reads them; one name each (an
 # UpdatePayload field of the same name receives it, on both paths).
@@ -301,4 +303,29 @@ def encode_response(result: UpdateResult) -> bytes:
     state = result.optimizer_state
     if state is not None:
         body["optimizer_state"] = {"step": state.step, **state.vectors()}
+    if result.partials is not None:
+        body |= partials_fields(result.partials)
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def encode_gradient(result: GradientResult) -> bytes:
+    """A block's gradient, its norm partials and the batch's statistics."""
+    body = {
+        "grad": result.grad,
+        GRAD_PARTIALS: result.partials,
+        "stats": batch_stats_as_dict(result.stats),
+    }
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def encode_applied(result: AppliedStep) -> bytes:
+    """A block's new weights and state, whether it clipped, and its norm partials."""
+    weights = result.weights
+    if weights.dtype.itemsize < _SHORTEST_PRINTED.itemsize:
+        weights = weights.astype(np.float64)
+    body: dict[str, Any] = {"weights": weights, "clipped": result.clipped}
+    state = result.optimizer_state
+    if state is not None:
+        body["optimizer_state"] = {"step": state.step, **state.vectors()}
+    body |= partials_fields(result.partials)
     return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)

@@ -35,14 +35,23 @@ from ..core.options import (
     PER_TOKEN_FIELDS,
     per_token_message,
 )
-from ..errors import InvalidPayloadError, MalformedSafetensorsError
+from ..core.results import AppliedStep, GradientResult
+from ..errors import InvalidPayloadError, MalformedSafetensorsError, TooManyElementsError
 from .limits import check_element_count
 from .messages import describe_validation_error, did_you_mean, shorten
-from .payload import UpdatePayload
+from .partials import GRAD_PARTIALS, partials_fields
+from .payload import StepPayload, UpdatePayload
 from .schemas import UpdateOptionsModel
-from .stats import stats_as_dict
+from .stats import batch_stats_as_dict, stats_as_dict
 
-__all__ = ["decode_request", "describe_layout", "encode_response"]
+__all__ = [
+    "decode_apply_request",
+    "decode_request",
+    "describe_layout",
+    "encode_applied",
+    "encode_gradient",
+    "encode_response",
+]
 
 _SCALARS = ("beta", "lr")
 _TENSORS = (*ARRAY_SHAPES, *_SCALARS)
@@ -151,7 +160,102 @@ def encode_response(result: UpdateResult) -> bytes:
     if state is not None:
         metadata[_STEP_KEY] = str(state.step)
         tensors |= {name: np.asarray(value) for name, value in state.vectors().items()}
+    if result.partials is not None:
+        tensors |= partials_fields(result.partials)
     return save(tensors, metadata=metadata)
+
+
+def encode_gradient(result: GradientResult) -> bytes:
+    """A block's gradient (F64 tensor `grad`), its partials (F64, (k, 2)) and the batch's
+    statistics as JSON text in the metadata."""
+    metadata = {_STATS_KEY: orjson.dumps(batch_stats_as_dict(result.stats)).decode()}
+    return save({"grad": result.grad, GRAD_PARTIALS: result.partials}, metadata=metadata)
+
+
+def encode_applied(result: AppliedStep) -> bytes:
+    """A block's new weights (the request's dtype) and state (F64), its partials, and
+    ``clipped`` ("true" or "false") and the new step in the metadata."""
+    metadata = {_CLIPPED_KEY: "true" if result.clipped else "false"}
+    tensors: dict[str, NDArray[Any]] = {_ANSWER_TENSOR: result.weights}
+    state = result.optimizer_state
+    if state is not None:
+        metadata[_STEP_KEY] = str(state.step)
+        tensors |= {name: np.asarray(value) for name, value in state.vectors().items()}
+    tensors |= partials_fields(result.partials)
+    return save(tensors, metadata=metadata)
+
+
+# /update/apply: a block's weights and gradient, lr and the whole gradient's norm, the
+# optimizer's state block; the optimizer, its step, max_grad_norm and column_offset as
+# metadata strings.
+_STEP_ARRAYS = ("weights", "grad")
+_STEP_SCALARS = ("lr", "grad_norm")
+_STEP_TENSORS = (*_STEP_ARRAYS, *_STEP_SCALARS)
+_STEP_METADATA = ("optimizer", _STEP_KEY, "max_grad_norm", "column_offset")
+_CLIPPED_KEY = "clipped"
+
+
+def decode_apply_request(body: bytearray, max_elements: int | None = None) -> StepPayload:
+    """Validate a safetensors /update/apply body; the arrays are read-only views on `body`.
+
+    Raises `TooManyElementsError` when its arrays hold more than `max_elements` entries.
+    """
+    tensors, metadata, data_start = _read_header(body)
+    by_name = {tensor.name: tensor for tensor in tensors}
+    problems = [
+        InputProblem((name,), f"{name} is missing; expected {_expected_step_tensor(name)}")
+        for name in _STEP_TENSORS
+        if name not in by_name
+    ]
+    known = (*_STEP_TENSORS, *STATE_VECTORS)
+    for name, tensor in by_name.items():
+        if name not in known:
+            suggestion = did_you_mean(name, known)
+            msg = (
+                f"unknown tensor {shorten(name)!r}{suggestion}; expected only tensors "
+                f"{', '.join(_STEP_TENSORS)} and the optional {', '.join(STATE_VECTORS)}"
+            )
+            problems.append(InputProblem((name,), msg))
+        elif tensor.dtype not in _FLOATS:
+            msg = f"{name} has dtype {tensor.dtype}; expected one of {_FLOAT_CODES}"
+            problems.append(InputProblem((name,), msg))
+        elif name in _STEP_SCALARS and tensor.shape not in {(), (1,)}:
+            problems.append(
+                InputProblem((name,), f"{name} has shape {tensor.shape}; expected a scalar")
+            )
+    for key in metadata:
+        if key not in _STEP_METADATA:
+            suggestion = did_you_mean(key, _STEP_METADATA)
+            msg = (
+                f"__metadata__ has the unknown key {shorten(key)!r}{suggestion}; /update/apply "
+                f"reads only {', '.join(_STEP_METADATA)} (the batch's options went to "
+                "/update/grad)"
+            )
+            problems.append(InputProblem(("__metadata__", key), msg))
+    if problems:
+        raise InvalidPayloadError(problems)
+    if max_elements is not None:
+        count = sum(math.prod(tensor.shape) for tensor in tensors)
+        if count > max_elements:
+            msg = f"the step has {count} elements; the limit is {max_elements} (RLHF_MAX_ELEMENTS)"
+            raise TooManyElementsError(msg)
+    views = _views(body, tensors, data_start)
+    options = _options_from_binary(
+        metadata, {name: views[name] for name in STATE_VECTORS if name in views}
+    )
+    return StepPayload(
+        weights=views["weights"],
+        grad=views["grad"],
+        lr=float(views["lr"].reshape(())),
+        grad_norm=float(views["grad_norm"].reshape(())),
+        options=options,
+    )
+
+
+def _expected_step_tensor(name: str) -> str:
+    if name in _STEP_SCALARS:
+        return f"a scalar tensor (shape () or (1,)), dtype one of {_FLOAT_CODES}"
+    return f"a tensor of shape (n,) (the block's columns), dtype one of {_FLOAT_CODES}"
 
 
 def describe_layout() -> dict[str, Any]:

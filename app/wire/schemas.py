@@ -8,6 +8,7 @@ from typing import Annotated, Any, get_args
 from pydantic import BaseModel, ConfigDict, FailFast, Field, PlainValidator, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
+from ..core.norms import CHUNK_COLUMNS
 from ..core.optimizers import Optimizer, OptimizerState, OptimizerType
 from ..core.options import (
     Baseline,
@@ -292,6 +293,14 @@ class UpdateOptionsModel(BaseModel):
         default=None,
         description="The state the previous answer returned; absent: a fresh optimizer.",
     )
+    column_offset: int | None = Field(
+        default=None,
+        description="A block of a sharded update: the index in the whole vector of the "
+        f"block's first column, an integer >= 0 and a multiple of {CHUNK_COLUMNS} (GET /info's "
+        "chunk_columns). Errors then name columns by their index in the whole, and the answer "
+        "adds the block's norm partials; not with max_grad_norm (use /update/grad and "
+        "/update/apply).",
+    )
 
     def to_options(self) -> UpdateOptions:
         """The core's view of these options."""
@@ -486,6 +495,10 @@ class ServiceInfo(BaseModel):
     response_media_types: list[str] = Field(description="Media types /update can answer in.")
     safetensors_dtypes: list[str] = Field(description="Float dtypes a safetensors body may use.")
     options: dict[str, OptionInfo] = Field(description="Every optional field of the request.")
+    chunk_columns: int = Field(
+        description="The columns of one norm partial: a sharded update's blocks start at "
+        "multiples of it (column_offset), on /update, /update/grad and /update/apply."
+    )
 
 
 def describe_options() -> dict[str, OptionInfo]:

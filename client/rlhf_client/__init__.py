@@ -29,6 +29,8 @@ from rlhf_client._errors import (
 from rlhf_client._handle import HandleTransport
 from rlhf_client._models import UpdateResult, UpdateStats
 from rlhf_client._optimizer import Optimizer
+from rlhf_client._sharded import AsyncShardedClient, HttpTransport, ShardedClient
+from rlhf_client._transport import BlockAnswer, BlockTransport
 from rlhf_client._version import __version__
 
 __all__ = [
@@ -39,15 +41,20 @@ __all__ = [
     "APIStatusError",
     "APITimeoutError",
     "AsyncClient",
+    "AsyncShardedClient",
     "AuthenticationError",
     "BadRequestError",
+    "BlockAnswer",
+    "BlockTransport",
     "Client",
     "ContentTooLargeError",
     "HandleTransport",
+    "HttpTransport",
     "InternalServerError",
     "Optimizer",
     "RLHFClientError",
     "ServiceUnavailableError",
+    "ShardedClient",
     "UnprocessableEntityError",
     "UnsupportedMediaTypeError",
     "UpdateResult",

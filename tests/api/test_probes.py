@@ -55,7 +55,7 @@ def test_readiness_is_503_once_stopping(client: TestClient, path: str) -> None:
 
 def test_probes_are_not_in_the_openapi_document(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
-    assert set(paths) == {"/update", "/info"}
+    assert set(paths) == {"/update", "/update/grad", "/update/apply", "/info"}
 
 
 def test_probes_need_no_token() -> None:

@@ -414,11 +414,15 @@ def test_the_new_fields_left_out_or_neutral_give_the_same_bytes(
         "update_norm",
         "kl_estimates",
     }
-    # The seed formula of the product, in the same operations.
+    # The seed formula of the product, in the same operations: the rows summed in order.
     w, r = np.asarray(args["weights"]), np.asarray(args["rewards"])
     p, q = np.asarray(args["policy_log_probs"]), np.asarray(args["ref_log_probs"])
     grads = np.asarray(args["log_prob_grads"])
-    seed_formula = w + args["lr"] * ((r - args["beta"] * (p - q)) @ grads / r.size)
+    coefficient = r - args["beta"] * (p - q)
+    total = coefficient[0] * grads[0]
+    for c, row in zip(coefficient[1:], grads[1:], strict=True):
+        total = total + c * row
+    seed_formula = w + args["lr"] * (total / r.size)
     assert json.loads(plain.content)["weights"] == seed_formula.tolist()
 
 

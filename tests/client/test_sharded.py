@@ -1,0 +1,279 @@
+"""ShardedClient over in-process apps: the single server's answer, bit for bit, and retries."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import httpx2
+import numpy as np
+import pytest
+from rlhf_client import (
+    APIConnectionError,
+    AsyncClient,
+    AsyncShardedClient,
+    BlockAnswer,
+    HttpTransport,
+    ShardedClient,
+    UnprocessableEntityError,
+    UpdateResult,
+)
+from rlhf_client._norms import norm_of_partials as client_norm
+
+from app.core.norms import CHUNK_COLUMNS, chunk_partials, norm_of_partials
+from app.main import create_app
+from app.settings import Settings
+
+N = 7 * CHUNK_COLUMNS + 123
+# The transports' own pauses, whatever a test does to asyncio.sleep (the client's waits).
+_pause = asyncio.sleep
+SETTINGS = Settings(max_body_size=256 * 1024 * 1024, max_elements=10**8)
+
+
+def _app_client() -> httpx2.AsyncClient:
+    transport = httpx2.ASGITransport(app=create_app(SETTINGS))
+    return httpx2.AsyncClient(transport=transport, base_url="http://app")
+
+
+def _transport() -> HttpTransport:
+    return HttpTransport("http://app", http_client=_app_client())
+
+
+def _arrays(dtype: type[np.floating[Any]] = np.float64) -> tuple[Any, ...]:
+    rng = np.random.default_rng(5)
+    policy = rng.standard_normal(2) - 3
+    return (
+        rng.standard_normal(N).astype(dtype),
+        rng.standard_normal(2),
+        policy,
+        policy + 0.1 * rng.standard_normal(2),
+        (rng.standard_normal((2, N)) * 10.0 ** rng.integers(-3, 3, (2, N))).astype(dtype),
+    )
+
+
+def _assert_identical(single: UpdateResult, sharded: UpdateResult) -> None:
+    assert sharded.weights.dtype == single.weights.dtype
+    assert np.array_equal(single.weights, sharded.weights)
+    assert sharded.stats == single.stats
+    if single.optimizer_state is None:
+        assert sharded.optimizer_state is None
+        return
+    assert sharded.optimizer_state is not None
+    assert set(sharded.optimizer_state) == set(single.optimizer_state)
+    for name, value in single.optimizer_state.items():
+        assert np.array_equal(value, sharded.optimizer_state[name]), name
+
+
+CASES: dict[str, dict[str, Any]] = {
+    "plain": {},
+    "clip-binds-adamw": {"max_grad_norm": 1.0, "optimizer": {"type": "adamw"}},
+    "clip-loose-nesterov": {
+        "max_grad_norm": 1e6,
+        "optimizer": {"type": "sgd", "momentum": 0.9, "nesterov": True},
+    },
+    "amsgrad-grpo": {
+        "optimizer": {"type": "adam", "amsgrad": True, "weight_decay": 0.1},
+        "baseline": "mean",
+    },
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_sharded_equals_single_for_1_2_3_5_and_7_shards(
+    case: str, dtype: type[np.floating[Any]]
+) -> None:
+    arrays = _arrays(dtype)
+    options: dict[str, Any] = CASES[case]
+
+    async def scenario() -> None:
+        async with AsyncClient(http_client=_app_client(), transport="safetensors") as single:
+            first = await single.update(*arrays, beta=0.1, lr=0.01, **options)
+            state = first.optimizer_state
+            # A second step from the first one's state: the state's blocks travel too.
+            expected = await single.update(
+                first.weights, *arrays[1:], beta=0.1, lr=0.01, optimizer_state=state, **options
+            )
+        for shards in (1, 2, 3, 5, 7):
+            width = math.ceil(N / shards / CHUNK_COLUMNS) * CHUNK_COLUMNS
+            transports = [_transport() for _ in range(min(shards, 3))]
+            async with AsyncShardedClient(transports=transports, block_columns=width) as client:
+                got = await client.update(
+                    first.weights, *arrays[1:], beta=0.1, lr=0.01, optimizer_state=state, **options
+                )
+            for transport in transports:
+                await transport.aclose()
+            _assert_identical(expected, got)
+            if "max_grad_norm" in options:
+                assert got.stats.clipped is (options["max_grad_norm"] < 10)
+
+    asyncio.run(scenario())
+
+
+def test_the_blocking_client_reads_the_chunk_from_info_and_cuts_one_block_per_server() -> None:
+    arrays = _arrays()
+    seen: list[int] = []
+
+    class Recording(HttpTransport):
+        async def post(self, path: str, content: bytes, headers: Mapping[str, str]) -> BlockAnswer:
+            seen.append(id(self))
+            return await super().post(path, content, headers)
+
+    transports = [Recording("http://app", http_client=_app_client()) for _ in range(3)]
+    with ShardedClient(transports=transports) as client:
+        got = client.update(*arrays, beta=0.1, lr=0.01, max_grad_norm=1.0)
+    # ceil(N / 3) rounded up to the chunk: 3 chunks per block, 3 blocks, each phase.
+    assert len(seen) == 6
+    assert [seen.count(id(t)) for t in transports] == [2, 2, 2]
+
+    async def single() -> UpdateResult:
+        async with AsyncClient(http_client=_app_client(), transport="safetensors") as one:
+            return await one.update(*arrays, beta=0.1, lr=0.01, max_grad_norm=1.0)
+
+    _assert_identical(asyncio.run(single()), got)
+
+
+class _Flaky:
+    """Fails each path's first POSTs (a refused connection, then a 503), then passes on."""
+
+    def __init__(self, inner: HttpTransport, failures: list[str]) -> None:
+        self.inner = inner
+        self.failures = failures
+        self.posts = 0
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+    async def post(self, path: str, content: bytes, headers: Mapping[str, str]) -> BlockAnswer:
+        self.posts += 1
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await _pause(0.001)
+            if self.failures:
+                failure = self.failures.pop(0)
+                if failure == "connect":
+                    msg = "refused"
+                    raise httpx2.ConnectError(msg)
+                return BlockAnswer(503, {"retry-after": "0"}, b'{"status": 503}')
+            return await self.inner.post(path, content, headers)
+        finally:
+            self.in_flight -= 1
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def test_failed_blocks_are_retried_and_concurrency_is_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    arrays = _arrays()
+    flaky = _Flaky(_transport(), ["connect", "503", "connect"])
+    monkeypatch.setattr(asyncio, "sleep", _no_wait)
+
+    async def scenario() -> tuple[UpdateResult, UpdateResult]:
+        client = AsyncShardedClient(
+            transports=[flaky], block_columns=CHUNK_COLUMNS, max_concurrency=2, max_retries=3
+        )
+        got = await client.update(*arrays, beta=0.1, lr=0.01, optimizer={"type": "adamw"})
+        async with AsyncClient(http_client=_app_client(), transport="safetensors") as one:
+            return await one.update(*arrays, beta=0.1, lr=0.01, optimizer={"type": "adamw"}), got
+
+    expected, got = asyncio.run(scenario())
+    _assert_identical(expected, got)
+    assert flaky.posts == 8 + 3
+    assert flaky.most_in_flight == 2
+
+
+async def _no_wait(_: float) -> None:
+    return None
+
+
+def test_a_block_that_stays_down_is_the_clients_usual_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(asyncio, "sleep", _no_wait)
+
+    async def scenario() -> None:
+        flaky = _Flaky(_transport(), ["connect"] * 10)
+        client = AsyncShardedClient(transports=[flaky], block_columns=CHUNK_COLUMNS, max_retries=1)
+        with pytest.raises(APIConnectionError, match="after 2 attempts"):
+            await client.update(*_arrays(), beta=0.1, lr=0.01)
+
+    asyncio.run(scenario())
+
+
+def test_a_422_of_a_block_names_the_global_index() -> None:
+    weights, rewards, policy, ref, grads = _arrays()
+    weights, grads = weights.copy(), grads.copy()
+    column = 5 * CHUNK_COLUMNS + 17
+    # One new weight beyond float64, which only the server finds: a 422 naming it.
+    coefficient = rewards - 0.1 * (policy - ref)
+    grads[:, column] = 1e10 * np.sign(coefficient)
+    weights[column] = 1.7e308
+    args = (weights, rewards, policy, ref, grads)
+
+    async def scenario() -> tuple[Any, Any]:
+        async with AsyncClient(http_client=_app_client(), transport="safetensors") as one:
+            with pytest.raises(UnprocessableEntityError) as single:
+                await one.update(*args, beta=0.1, lr=1e299)
+        transports = [_transport(), _transport()]
+        async with AsyncShardedClient(
+            transports=transports, block_columns=2 * CHUNK_COLUMNS
+        ) as client:
+            with pytest.raises(UnprocessableEntityError) as sharded:
+                await client.update(*args, beta=0.1, lr=1e299)
+        for transport in transports:
+            await transport.aclose()
+        return single.value, sharded.value
+
+    single, sharded = asyncio.run(scenario())
+    assert sharded.errors == single.errors
+    assert sharded.errors[0]["loc"] == ["new_weights", column]
+    assert f"weights[{column}]" in sharded.errors[0]["msg"]
+
+
+def test_block_columns_must_be_a_whole_number_of_chunks() -> None:
+    async def scenario() -> None:
+        transport = _transport()
+        client = AsyncShardedClient(transports=[transport], block_columns=CHUNK_COLUMNS + 1)
+        with pytest.raises(ValueError, match=f"multiple of its chunk_columns, {CHUNK_COLUMNS}"):
+            await client.update(*_arrays(), beta=0.1, lr=0.01)
+        await transport.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_without_info_the_client_needs_block_columns() -> None:
+    class Bare:
+        async def post(self, path: str, content: bytes, headers: Mapping[str, str]) -> BlockAnswer:
+            raise AssertionError
+
+        async def aclose(self) -> None:
+            return None
+
+    async def scenario() -> None:
+        client = AsyncShardedClient(transports=[Bare()])
+        with pytest.raises(ValueError, match="block_columns is needed"):
+            await client.update(*_arrays(), beta=0.1, lr=0.01)
+
+    asyncio.run(scenario())
+    with pytest.raises(ValueError, match="exactly one of"):
+        ShardedClient()
+
+
+def test_the_clients_norm_of_partials_is_the_services() -> None:
+    rng = np.random.default_rng(9)
+    for scale in (1.0, 1e-170, 1e160, 3.9e151):
+        values = rng.standard_normal(3 * CHUNK_COLUMNS + 9) * scale
+        values[: CHUNK_COLUMNS // 2] *= 1e-200
+        parts = [
+            chunk_partials(values[i : i + CHUNK_COLUMNS])
+            for i in range(0, values.size, CHUNK_COLUMNS)
+        ]
+        assert client_norm(parts) == norm_of_partials(parts)
+    for degenerate in ([[0.0, 0.0]], [[math.inf, 1.0]], [[math.nan, 1.0], [math.inf, 1.0]]):
+        rows = np.array(degenerate)
+        ours, theirs = client_norm([rows]), norm_of_partials(rows)
+        assert ours == theirs or (math.isnan(ours) and math.isnan(theirs))

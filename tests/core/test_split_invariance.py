@@ -1,0 +1,116 @@
+"""The gradient kernel and the chunked norms: a slice of columns gets the whole's bits."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from app.core.kernel import TILE_COLUMNS, weighted_row_sum
+from app.core.norms import CHUNK_COLUMNS, chunk_partials, chunked_norm, norm_of_partials
+
+
+def _rows_in_order(weights: np.ndarray, matrix: np.ndarray, column: int) -> float:
+    """One column by Python floats: each product and each sum rounded once, rows in order."""
+    total = float(weights[0]) * float(matrix[0, column])
+    for w, value in zip(weights[1:].tolist(), matrix[1:, column].tolist(), strict=True):
+        total = total + w * value
+    return total
+
+
+def _exact_norm(values: np.ndarray) -> float:
+    """sqrt(sum of squares), from the exact rational sum, rounded once (isqrt, 1600 bits)."""
+    mantissas, exponents = np.frexp(values)
+    total = Fraction(0)
+    for m, e in zip(mantissas.tolist(), exponents.tolist(), strict=True):
+        if m:
+            integer = int(m * 2**53)
+            total += Fraction(integer * integer) * Fraction(2) ** (2 * (e - 53))
+    if total == 0:
+        return 0.0
+    bits = 1600
+    root = math.isqrt(total.numerator * 4**bits // total.denominator)
+    return float(Fraction(root, 2**bits))
+
+
+@pytest.mark.parametrize(
+    ("rows", "columns"),
+    [
+        (1, 1),
+        (3, 7),
+        (5, TILE_COLUMNS - 1),
+        (4, TILE_COLUMNS),
+        (3, TILE_COLUMNS + 1),
+        (2, 2 * TILE_COLUMNS + 3),
+        (17, 1000),
+    ],
+)
+def test_any_column_slice_of_the_kernel_is_that_slice_of_the_whole(rows: int, columns: int) -> None:
+    rng = np.random.default_rng(rows * 1000 + columns)
+    # Magnitudes spread over many binades, so that the order of the sums shows.
+    matrix = rng.standard_normal((rows, columns)) * 10.0 ** rng.integers(-8, 9, (rows, columns))
+    weights = rng.standard_normal(rows) * 10.0 ** rng.integers(-3, 4, rows)
+    whole = weighted_row_sum(weights, matrix)
+    cuts = {0, columns, *rng.integers(0, columns + 1, 6).tolist()}
+    cuts |= {c for c in (TILE_COLUMNS - 1, TILE_COLUMNS, TILE_COLUMNS + 1) if c <= columns}
+    edges = sorted(cuts)
+    for start, stop in itertools.pairwise(edges):
+        part = weighted_row_sum(weights, matrix[:, start:stop])
+        assert part.tobytes() == whole[start:stop].tobytes(), (start, stop)
+    for column in {0, columns - 1, int(rng.integers(0, columns))}:
+        assert whole[column] == _rows_in_order(weights, matrix, column)
+
+
+def test_a_single_column_and_a_transposed_copy_get_the_same_bits() -> None:
+    rng = np.random.default_rng(3)
+    matrix = rng.standard_normal((40, 9)) * 10.0 ** rng.integers(-12, 12, (40, 9))
+    weights = rng.standard_normal(40)
+    whole = weighted_row_sum(weights, matrix)
+    fortran = weighted_row_sum(weights, np.asfortranarray(matrix))
+    assert fortran.tobytes() == whole.tobytes()
+    for j in range(9):
+        assert weighted_row_sum(weights, matrix[:, j : j + 1])[0] == whole[j]
+
+
+@pytest.mark.parametrize(
+    "scale", [1.0, 1e-160, 1e-310, 1e150, 1e300], ids=["unit", "tiny", "subnormal", "big", "huge"]
+)
+def test_the_chunked_norm_is_the_exact_norm_correctly_rounded_or_nearly(scale: float) -> None:
+    rng = np.random.default_rng(int(-math.log10(scale) + 400))
+    values = rng.standard_normal(2 * CHUNK_COLUMNS + 5) * scale
+    reference = _exact_norm(values)
+    norm = chunked_norm(values)
+    # Each square and each chunk's pairwise sum round; fsum adds the partials exactly.
+    assert norm == pytest.approx(reference, rel=4e-15, abs=0)
+
+
+def test_chunks_of_very_different_sizes_and_an_overflowing_total() -> None:
+    values = np.zeros(3 * CHUNK_COLUMNS + 1)
+    values[:10] = 1e-300  # a chunk whose squares underflow
+    values[CHUNK_COLUMNS : CHUNK_COLUMNS + 3] = [6e307, -8e307, 1e307]  # squares overflow
+    values[2 * CHUNK_COLUMNS] = 1.0
+    values[-1] = 1e307
+    assert chunked_norm(values) == pytest.approx(_exact_norm(values), rel=4e-16)
+    # Several chunks each below float64's largest, their sum of squares far beyond it.
+    big = np.full(3 * CHUNK_COLUMNS, 3.9e151)
+    assert chunked_norm(big) == pytest.approx(_exact_norm(big), rel=4e-16)
+    assert math.isinf(chunked_norm(np.array([1.0, math.inf])))
+    assert math.isnan(chunked_norm(np.array([math.inf, math.nan])))
+    assert chunked_norm(np.zeros(5)) == 0.0
+
+
+def test_partials_of_blocks_are_those_of_the_whole_in_any_order() -> None:
+    rng = np.random.default_rng(11)
+    values = rng.standard_normal(7 * CHUNK_COLUMNS + 123) * 10.0 ** rng.integers(-5, 5)
+    whole = chunk_partials(values)
+    assert whole.shape == (8, 2)
+    blocks = [values[i : i + 2 * CHUNK_COLUMNS] for i in range(0, values.size, 2 * CHUNK_COLUMNS)]
+    parts = [chunk_partials(block) for block in blocks]
+    assert np.concatenate(parts).tobytes() == whole.tobytes()
+    assert norm_of_partials(parts[::-1]) == norm_of_partials(whole) == chunked_norm(values)
+    # One chunk: exactly the single-chunk norm sqrt(sum of squares).
+    small = values[:100]
+    assert chunked_norm(small) == math.sqrt(float(np.add.reduce(small * small)))
