@@ -243,3 +243,57 @@ def test_a_killed_replica_costs_at_most_one_request_and_is_back_within_30_s(
     print(f"replica kill: {failures} of {len(statuses)} failed, recovered in {recovered} s")
     assert failures <= 1, statuses
     assert recovered is not None, "Serve did not bring the replica back within 30 s"
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        pytest.param({}, id="one-call-blocks"),
+        pytest.param(
+            {"max_grad_norm": 0.5, "optimizer": {"type": "adamw"}}, id="clipped-adamw-two-phases"
+        ),
+    ],
+)
+def test_a_sharded_update_through_the_handle_is_the_single_answer_bit_for_bit(
+    served: ServeApp, options: dict[str, Any]
+) -> None:
+    from rlhf_client import AsyncClient, AsyncShardedClient
+
+    from app.core.norms import CHUNK_COLUMNS
+
+    rng = np.random.default_rng(21)
+    n = 3 * CHUNK_COLUMNS + 5
+    policy = rng.standard_normal(2) - 2
+    arrays = (
+        rng.standard_normal(n),
+        rng.standard_normal(2),
+        policy,
+        policy + 0.1 * rng.standard_normal(2),
+        rng.standard_normal((2, n)),
+    )
+
+    async def scenario() -> tuple[Any, Any]:
+        local = httpx2.AsyncClient(
+            transport=httpx2.ASGITransport(app=create_app(Settings())), base_url="http://app"
+        )
+        async with AsyncClient(http_client=local, transport="safetensors") as single:
+            expected = await single.update(*arrays, beta=0.1, lr=0.01, **options)
+        # One transport over the handle: Serve spreads the four blocks over the replicas.
+        transport = HandleTransport(serve.get_deployment_handle(DEPLOYMENT, APP_NAME))
+        try:
+            async with AsyncShardedClient(
+                transports=[transport], block_columns=CHUNK_COLUMNS, max_concurrency=4
+            ) as sharded:
+                got = await sharded.update(*arrays, beta=0.1, lr=0.01, **options)
+        finally:
+            await transport.aclose()
+        return expected, got
+
+    expected, got = asyncio.run(scenario())
+    assert np.array_equal(got.weights, expected.weights)
+    assert got.stats == expected.stats
+    if "max_grad_norm" in options:
+        assert got.stats.clipped
+        assert set(got.optimizer_state) == set(expected.optimizer_state)
+        for name, value in expected.optimizer_state.items():
+            assert np.array_equal(value, got.optimizer_state[name]), name
