@@ -14,12 +14,16 @@ import numpy as np
 
 from .results import FloatArray
 
-__all__ = ["TILE_COLUMNS", "weighted_row_sum"]
+__all__ = ["SMALL_ELEMENTS", "TILE_COLUMNS", "weighted_row_sum"]
 
 # Columns taken at a time: the running sum and one row's products (2 x 256 KiB) stay in a
 # core's L2 cache while the B rows pass over them; `python -m benchmarks.kernel` compares
 # other widths. The result does not depend on it.
 TILE_COLUMNS = 32_768
+# Up to this many entries all products are formed by one call and the rows added in place:
+# half the ufunc calls of the tiled loop, whose per-call cost is most of a small update's.
+# The same products and the same sums in the same order, so the same bits.
+SMALL_ELEMENTS = 16_384
 
 
 def weighted_row_sum(weights: FloatArray, matrix: FloatArray) -> FloatArray:
@@ -42,7 +46,8 @@ def weighted_row_sum(weights: FloatArray, matrix: FloatArray) -> FloatArray:
     Notes
     -----
     Columns are taken `TILE_COLUMNS` at a time, so the only temporaries are one tile's
-    products and running sums, whatever N. ``weights @ matrix`` (one BLAS call) does the
+    products and running sums, whatever N; a matrix of at most `SMALL_ELEMENTS` entries is
+    multiplied in one call first. ``weights @ matrix`` (one BLAS call) does the
     same arithmetic in about half the time, in an order of its own.
 
     Examples
@@ -51,6 +56,12 @@ def weighted_row_sum(weights: FloatArray, matrix: FloatArray) -> FloatArray:
     array([ 7. , -1.5])
     """
     rows, columns = matrix.shape
+    if rows * columns <= SMALL_ELEMENTS:
+        products = matrix * weights[:, None]
+        total = products[0].copy()
+        for row in products[1:]:
+            np.add(total, row, out=total)
+        return total
     coefficients = weights.tolist()
     first, rest = coefficients[0], coefficients[1:]
     result = np.empty(columns)

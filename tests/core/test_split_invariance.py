@@ -9,7 +9,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from app.core.kernel import TILE_COLUMNS, weighted_row_sum
+from app.core.kernel import SMALL_ELEMENTS, TILE_COLUMNS, weighted_row_sum
 from app.core.norms import CHUNK_COLUMNS, chunk_partials, chunked_norm, norm_of_partials
 
 
@@ -46,6 +46,9 @@ def _exact_norm(values: np.ndarray) -> float:
         (3, TILE_COLUMNS + 1),
         (2, 2 * TILE_COLUMNS + 3),
         (17, 1000),
+        (8, SMALL_ELEMENTS // 8),
+        (8, SMALL_ELEMENTS // 8 + 1),
+        (SMALL_ELEMENTS + 1, 1),
     ],
 )
 def test_any_column_slice_of_the_kernel_is_that_slice_of_the_whole(rows: int, columns: int) -> None:
@@ -60,7 +63,7 @@ def test_any_column_slice_of_the_kernel_is_that_slice_of_the_whole(rows: int, co
     for start, stop in itertools.pairwise(edges):
         part = weighted_row_sum(weights, matrix[:, start:stop])
         assert part.tobytes() == whole[start:stop].tobytes(), (start, stop)
-    for column in {0, columns - 1, int(rng.integers(0, columns))}:
+    for column in {0, columns - 1, *rng.integers(0, columns, 3).tolist()}:
         assert whole[column] == _rows_in_order(weights, matrix, column)
 
 
