@@ -57,8 +57,8 @@ def weighted_row_sum(weights: FloatArray, matrix: FloatArray) -> FloatArray:
     """
     rows, columns = matrix.shape
     if rows * columns <= SMALL_ELEMENTS:
-        products = matrix * weights[:, None]
-        total = products[0].copy()
+        products: FloatArray = matrix * weights[:, None]
+        total: FloatArray = products[0].copy()
         for row in products[1:]:
             np.add(total, row, out=total)
         return total
