@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from typing import Any
 
-from pythonjsonlogger.core import RESERVED_ATTRS
+from pythonjsonlogger.core import RESERVED_ATTRS, LogData
+from pythonjsonlogger.json import JsonFormatter
 
-__all__ = ["log_config"]
+__all__ = ["OneEncoderJsonFormatter", "log_config"]
 
 # RFC 3339 in UTC with milliseconds, e.g. 2026-11-25T22:17:03.042Z: logging.Formatter's own
 # time format (no datefmt), with its millisecond suffix ending in Z and UTC as the clock.
@@ -18,6 +21,42 @@ _TIME_FORMAT = {
 }
 # uvicorn adds an ANSI-coloured copy of some messages as `color_message`; drop it.
 _SKIPPED = ["color_message"]
+
+
+class OneEncoderJsonFormatter(JsonFormatter):
+    """python-json-logger's formatter, serialising with one encoder built once.
+
+    `JsonFormatter` calls ``json.dumps(..., cls=..., default=...)`` for every line, which
+    builds a new encoder each time; the lines are the same, character for character.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # As json.dumps builds it from the same arguments (cls=None is its JSONEncoder).
+        self._encoder = (self.json_encoder or json.JSONEncoder)(
+            default=self.json_default,
+            indent=self.json_indent,
+            ensure_ascii=self.json_ensure_ascii,
+        )
+        self._second = -1
+        self._second_text = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        # logging.Formatter's, with the text of the whole seconds kept until they change.
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        if second != self._second:
+            self._second = second
+            self._second_text = time.strftime(self.default_time_format, self.converter(second))
+        if self.default_msec_format is None:
+            return self._second_text
+        return self.default_msec_format % (self._second_text, record.msecs)
+
+    def jsonify_log_record(self, log_data: LogData) -> str:
+        if self.json_serializer is not json.dumps:  # a serializer of the caller's own
+            return super().jsonify_log_record(log_data)
+        return str(self._encoder.encode(log_data))
 
 
 def log_config(level: str) -> dict[str, Any]:
@@ -31,7 +70,7 @@ def log_config(level: str) -> dict[str, Any]:
         "disable_existing_loggers": False,
         "formatters": {
             "json": {
-                "()": "pythonjsonlogger.json.JsonFormatter",
+                "()": f"{__name__}.OneEncoderJsonFormatter",
                 "fmt": "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s",
                 "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
                 "reserved_attrs": [*RESERVED_ATTRS, *_SKIPPED],
