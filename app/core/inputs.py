@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,7 +43,11 @@ LOG_PROB_ARRAYS = ("policy_log_probs", "ref_log_probs", *FLOAT_SAMPLE_OPTIONS)
 
 @dataclass(frozen=True, slots=True)
 class CheckedInputs:
-    """The inputs as float64 arrays and floats, every rule checked."""
+    """The inputs as float64 arrays and floats, every rule checked.
+
+    Except, when `check_inputs` was asked to defer it, that the arrays named in
+    `unchecked` are finite: `require_finite` checks that.
+    """
 
     arrays: dict[str, FloatArray]  # the five arrays, and those of the options sent
     beta: float
@@ -51,12 +55,35 @@ class CheckedInputs:
     groups: Groups | None  # None without a baseline
     lengths: FloatArray | None  # `sequence_lengths` as floats, when sent
     state: dict[StateVector, FloatArray]  # the optimizer state's vectors sent, float64
+    unchecked: tuple[str, ...] = ()  # arrays not yet known to be finite
+
+    def require_finite(self) -> None:
+        """Raise the `InvalidInputError` `check_inputs` would have raised for `unchecked`.
+
+        Raises
+        ------
+        InvalidInputError
+            Naming the first value that is not finite of each array in `unchecked`.
+        """
+        problems = _finiteness_problems(self.arrays, self.unchecked)
+        if problems:
+            raise InvalidInputError(problems)
 
 
 def check_inputs(
-    values: Mapping[str, ArrayLike], *, beta: float, lr: float, options: UpdateOptions
+    values: Mapping[str, ArrayLike],
+    *,
+    beta: float,
+    lr: float,
+    options: UpdateOptions,
+    defer_finite: Collection[str] = (),
 ) -> CheckedInputs:
     """Convert every argument to float64 and check it; report all problems of a stage at once.
+
+    The arrays named in `defer_finite` are looked at for values that are not finite only
+    when another array has one (so that the answer lists them all, as without deferral);
+    otherwise the result's `unchecked` names them, for the caller's `require_finite` once
+    it has no proof of its own (see `app.core.update`).
 
     Raises
     ------
@@ -100,18 +127,30 @@ def check_inputs(
             groups = Groups.whole_batch(batch_size) if ids is None else Groups.from_ids(ids)
             if options.baseline == "rloo":
                 problems = _rloo_problems(groups, grouped=ids is not None)
+    unchecked: tuple[str, ...] = ()
     if not problems:
-        problems = [
-            InputProblem(
-                (name, *index),
-                f"{format_loc((name, *index))} is {array[index]}; expected a finite number",
-            )
-            for name, array in arrays.items()
-            if (index := first_non_finite(array)) is not None
-        ]
+        unchecked = tuple(name for name in arrays if name in defer_finite)
+        checked = [name for name in arrays if name not in unchecked]
+        problems = _finiteness_problems(arrays, checked)
+        if problems and unchecked:
+            problems = _finiteness_problems(arrays, list(arrays))
     if problems:
         raise InvalidInputError(problems)
-    return CheckedInputs(arrays, beta_value, lr_value, groups, lengths, state)
+    return CheckedInputs(arrays, beta_value, lr_value, groups, lengths, state, unchecked)
+
+
+def _finiteness_problems(
+    arrays: Mapping[str, FloatArray], names: Collection[str]
+) -> list[InputProblem]:
+    """The first value that is not finite of each array in `names`, in the order of `arrays`."""
+    return [
+        InputProblem(
+            (name, *index),
+            f"{format_loc((name, *index))} is {array[index]}; expected a finite number",
+        )
+        for name, array in arrays.items()
+        if name in names and (index := first_non_finite(array)) is not None
+    ]
 
 
 def _rloo_problems(groups: Groups, *, grouped: bool) -> list[InputProblem]:

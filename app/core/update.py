@@ -15,7 +15,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from .advantages import advantages, kl_estimate, whiten
 from .aggregation import aggregation
-from .inputs import check_inputs
+from .inputs import CheckedInputs, check_inputs
 from .kl_loss import kl_loss_terms
 from .optimizers import OptimizerState, optimizer_step, takes_plain_step
 from .options import KlEstimatorName, UpdateOptions
@@ -25,6 +25,7 @@ from .results import (
     FloatArray,
     InputProblem,
     KlEstimates,
+    UpdateError,
     UpdateOverflowError,
     UpdateResult,
     UpdateStats,
@@ -194,7 +195,24 @@ def compute_update(
         beta=beta,
         lr=lr,
         options=options,
+        defer_finite=(_GRADIENTS,),
     )
+    try:
+        return _checked_update(checked, options)
+    except UpdateError:
+        # A value of the gradients that is not finite is the answer, before any problem
+        # found later, as when every input is checked first.
+        checked.require_finite()
+        raise
+
+
+# The (B, N) input: its pass for values that are not finite is left to `_checked_update`,
+# which most often has a proof of its own instead.
+_GRADIENTS = "log_prob_grads"
+
+
+def _checked_update(checked: CheckedInputs, options: UpdateOptions) -> UpdateResult:
+    """`compute_update` once `check_inputs` has passed, maybe with `checked.unchecked`."""
     estimator = options.estimator
     arrays = checked.arrays
     w, r = arrays["weights"], arrays["rewards"]
@@ -236,7 +254,14 @@ def compute_update(
         coefficient = coefficient / summed.per_sample
     if coefficient is not advantage:
         require_finite(coefficient=coefficient)
-    grad, grad_norm = _gradient(coefficient, arrays["log_prob_grads"], summed.divisor)
+    grad, grad_norm = _gradient(coefficient, arrays[_GRADIENTS], summed.divisor)
+    # A finite gradient proves every gradient entry finite when no coefficient is 0: a
+    # product c * x with c finite and not 0 is infinite or NaN for x infinite or NaN, and
+    # so is any sum it is in (whereas 0 * inf, a NaN, could be a term the product skips).
+    if checked.unchecked and not (
+        math.isfinite(grad_norm) and np.count_nonzero(coefficient) == coefficient.size
+    ):
+        checked.require_finite()
     step_norm = grad_norm
     clipped = False
     if options.max_grad_norm is not None:
