@@ -41,6 +41,34 @@ class OneEncoderJsonFormatter(JsonFormatter):
         self._second = -1
         self._second_text = ""
 
+    def format(self, record: logging.LogRecord) -> str:
+        # JsonFormatter.format and add_fields, for the usual record: a message that is not
+        # a dict, no exception or stack, and none of the formatter's extra fields set.
+        if (
+            isinstance(record.msg, dict)
+            or record.exc_info
+            or record.exc_text
+            or record.stack_info
+            or self.defaults
+            or self.static_fields
+            or self.timestamp
+            or self.rename_fields_keep_missing
+        ):
+            return super().format(record)
+        record.message = record.getMessage()
+        if "asctime" in self._required_fields:
+            record.asctime = self.formatTime(record, self.datefmt)
+        attributes = record.__dict__
+        rename, skip = self.rename_fields, self._skip_fields
+        log_data = {rename.get(name, name): attributes.get(name) for name in self._required_fields}
+        # merge_record_extra's rule: every attribute but the skipped and the private ones.
+        log_data.update(
+            (rename.get(key, key), value)
+            for key, value in attributes.items()
+            if key not in skip and not (isinstance(key, str) and key.startswith("_"))
+        )
+        return self.serialize_log_record(self.process_log_record(log_data))
+
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         # logging.Formatter's, with the text of the whole seconds kept until they change.
         if datefmt is not None:
