@@ -225,7 +225,7 @@ class DirectUpdate:
             answer, answer_format = await _answer_held(scope, body, self.state)
         except Exception as exc:
             problem = request_problem(exc, scope["method"], scope["path"])
-            if not isinstance(problem, InternalError):
+            if problem is exc or not isinstance(problem, InternalError):
                 await problem_response(problem)(scope, receive, send)
                 return
             # As Starlette's ServerErrorMiddleware: the 500 when nothing was sent yet, and
