@@ -335,21 +335,22 @@ def _plain_header(body: bytearray, data_start: int) -> tuple[list[_Tensor], dict
         and len(document) + len(metadata) <= MAX_HEADER_ENTRIES
     ):
         return None
-    placed: list[tuple[int, _Tensor]] = []
+    placed: list[tuple[int, int, _Tensor]] = []
     for name, info in document.items():
         tensor = _plain_tensor(name, info)
         if tensor is None:
             return None
-        placed.append((info["data_offsets"][0], tensor))
+        start, end = info["data_offsets"]  # end - start is the tensor's size in bytes
+        placed.append((start, end, tensor))
     placed.sort(key=lambda item: item[0])
     offset = 0
-    for start, tensor in placed:
+    for start, end, _ in placed:
         if start != offset:
             return None
-        offset += _nbytes(tensor)
+        offset = end
     if offset != len(body) - data_start:
         return None
-    return [tensor for _, tensor in placed], metadata
+    return [tensor for _, _, tensor in placed], metadata
 
 
 def _plain_tensor(name: str, info: object) -> _Tensor | None:
