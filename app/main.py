@@ -26,7 +26,7 @@ from .api.probes import router as probes_router
 from .api.problems import PROBLEM_MEDIA_TYPE, install_error_handlers, problem_doc
 from .api.request_id import RequestIdMiddleware
 from .api.scrape import router as metrics_router
-from .api.update import document_examples, install_update_route
+from .api.update import DirectUpdate, document_examples, install_update_route
 from .ops.lifecycle import Lifecycle, lifespan
 from .ops.metrics import UpdateMetrics
 from .ops.observer import UpdateObserver
@@ -40,12 +40,15 @@ class _Service(FastAPI):
 
     def build_middleware_stack(self) -> ASGIApp:
         # Outside in: request id (on every answer), the per-update log line and metrics,
-        # then the body limit's 413 in problem+json (see app.body_limit), then FastAPI.
-        limited = ProblemBodyLimit(
-            super().build_middleware_stack(), self.state.settings.max_body_size
-        )
+        # then POST /update served directly (without a token to check: FastAPI runs that
+        # dependency), then the body limit's 413 in problem+json (see app.body_limit),
+        # then FastAPI.
+        settings = self.state.settings
+        inner: ASGIApp = ProblemBodyLimit(super().build_middleware_stack(), settings.max_body_size)
+        if settings.bearer_token() is None:
+            inner = DirectUpdate(inner, self.state)
         observed = ("/update", GRAD_PATH, APPLY_PATH)
-        return RequestIdMiddleware(UpdateObserver(limited, self.state.metrics, observed))
+        return RequestIdMiddleware(UpdateObserver(inner, self.state.metrics, observed))
 
     def openapi(self) -> dict[str, Any]:
         # FastAPI files a response model under application/json; errors go out as problem+json.

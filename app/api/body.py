@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
+from starlette.types import Receive
 
-from ..errors import BodyTimeoutError, UploadBudgetError
+from ..errors import BodyTimeoutError, BodyTooLargeError, UploadBudgetError
 
-__all__ = ["UPLOAD_BUDGET_BODIES", "UploadBudget", "body_timeout", "read_body"]
+__all__ = [
+    "UPLOAD_BUDGET_BODIES",
+    "UploadBudget",
+    "body_timeout",
+    "limited_chunks",
+    "read_body",
+    "read_chunks",
+]
 
 # The budget of a worker's bodies, in bodies of the largest size (RLHF_MAX_BODY_SIZE): room
 # for a few of them at once, whoever sends them, and a bound on what they cost together.
@@ -49,6 +58,58 @@ class UploadBudget:
 
 
 async def read_body(request: Request, budget: UploadBudget, idle_timeout: float) -> bytearray:
+    """`read_chunks` of the request's stream (within the body limit of the app, if any)."""
+    return await read_chunks(request.stream(), budget, idle_timeout)
+
+
+async def limited_chunks(
+    receive: Receive, content_length: str | None, limit: int
+) -> AsyncIterator[bytes]:
+    """The chunks of a body straight from ASGI `receive`, at most `limit` bytes in all.
+
+    What `Request.stream()` yields under Starlette's body limit, without a Request: a
+    Content-Length above `limit` is refused before anything is read, and so is a chunk
+    that brings the bytes received past it.
+
+    Raises
+    ------
+    BodyTooLargeError
+        At once for a declared size above `limit`, or as the bytes pass it.
+    ClientDisconnect
+        When the client leaves before the end of the body.
+    """
+    declared = _declared_length(content_length)
+    if declared is not None and declared > limit:
+        raise BodyTooLargeError(limit)
+    received = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.request":
+            chunk: bytes = message.get("body", b"")
+            received += len(chunk)
+            if received > limit:
+                raise BodyTooLargeError(limit)
+            if chunk:
+                yield chunk
+            if not message.get("more_body", False):
+                return
+        elif message["type"] == "http.disconnect":
+            raise ClientDisconnect
+
+
+def _declared_length(value: str | None) -> int | None:
+    # As Starlette's body limit reads the header: whatever int() does not take is no size.
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+async def read_chunks(
+    chunks: AsyncIterator[bytes], budget: UploadBudget, idle_timeout: float
+) -> bytearray:
     """Return the whole body in one `bytearray`, each chunk appended in place.
 
     Each chunk is counted in `budget` before it is kept; the caller gives `len(body)` back
@@ -61,7 +122,8 @@ async def read_body(request: Request, budget: UploadBudget, idle_timeout: float)
     of copying them, so the body is held once, plus at most an eighth of headroom. A buffer
     preallocated from the Content-Length would be no smaller, and slower: `bytearray(n)`
     writes n zeros first, a pass over the memory that costs as much as the copy itself.
-    The body limit applies to `request.stream()` as it does to `body()`.
+    The body limit applies to `request.stream()` as it does to `body()`, and
+    `limited_chunks` applies it to `receive`.
 
     Raises
     ------
@@ -73,7 +135,7 @@ async def read_body(request: Request, budget: UploadBudget, idle_timeout: float)
     buffer = bytearray()
     watch = _IdleWatch(idle_timeout)
     try:
-        async for chunk in request.stream():
+        async for chunk in chunks:
             budget.take(len(chunk))
             buffer += chunk
             watch.progressed()

@@ -46,6 +46,7 @@ __all__ = [
     "problem_doc",
     "problem_examples_doc",
     "problem_response",
+    "request_problem",
 ]
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -123,6 +124,22 @@ def as_problem(exc: UpdateError) -> ProblemError:
     return kind(exc.problems)
 
 
+def request_problem(exc: Exception, method: str, path: str) -> ProblemError:
+    """The problem a request that raised `exc` is answered with, as the handlers answer it.
+
+    For an endpoint served outside FastAPI's exception handlers (POST /update's raw ASGI
+    path): a problem as itself, an error of the core as its problem, a client's hang-up
+    as client-disconnected (logged as such), anything else as internal-error.
+    """
+    if isinstance(exc, ProblemError):
+        return exc
+    if isinstance(exc, UpdateError):
+        return as_problem(exc)
+    if isinstance(exc, ClientDisconnect):
+        return _client_disconnected(method, path)
+    return InternalError()
+
+
 async def _on_problem(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ProblemError)
     return problem_response(exc)
@@ -144,11 +161,13 @@ async def _on_http_exception(request: Request, exc: Exception) -> Response:
 
 
 async def _on_client_disconnect(request: Request, exc: Exception) -> Response:
+    return problem_response(_client_disconnected(request.method, request.url.path))
+
+
+def _client_disconnected(method: str, path: str) -> ClientDisconnectedError:
     # Nobody reads this answer; the point is not to log a client's hang-up as a server error.
-    logger.info("client disconnected during %s %s", request.method, request.url.path)
-    return problem_response(
-        ClientDisconnectedError("the client disconnected before sending the whole request body")
-    )
+    logger.info("client disconnected during %s %s", method, path)
+    return ClientDisconnectedError("the client disconnected before sending the whole request body")
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> Response:

@@ -11,8 +11,11 @@ from fastapi.params import Depends
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import State
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..ops.context import RequestContext, current_context, scope_header
+from ..errors import InternalError
+from ..ops.context import RequestContext, current_context, scope_header, scope_header_values
 from ..settings import Settings
 from ..wire import CODECS
 from ..wire.media import (
@@ -26,12 +29,18 @@ from ..wire.media import (
 from ..wire.payload import UpdatePayload
 from ..wire.safetensors_codec import describe_layout
 from ..wire.schemas import REFERENCE_EXAMPLE, UpdateRequest, UpdateResponse
-from .body import UploadBudget, read_body
+from .body import UploadBudget, limited_chunks, read_body, read_chunks
 from .examples import ok_example, problem_examples
 from .gate import ConcurrencyGate
-from .problems import PROBLEM_MEDIA_TYPE, problem_doc, problem_examples_doc
+from .problems import (
+    PROBLEM_MEDIA_TYPE,
+    problem_doc,
+    problem_examples_doc,
+    problem_response,
+    request_problem,
+)
 
-__all__ = ["document_examples", "install_update_route"]
+__all__ = ["DirectUpdate", "document_examples", "install_update_route"]
 
 # Where the work runs: small work on the event loop, the rest in a worker thread, where
 # the loop keeps serving and updates run side by side on the cores. The hop to a thread
@@ -166,26 +175,98 @@ def install_update_route(
 async def update(request: Request) -> Response:
     """Return `weights + lr * grad` with grad the KL-penalised policy gradient, and stats."""
     # The token, when one is set, was checked (a dependency) before the body is read.
-    # Upload and compute are separate resources: the body is received within the upload
-    # budget and its own timeout, and only a body that has arrived whole waits for a
-    # compute slot, so a slow sender holds some bytes of the budget and no slot.
     state = request.app.state
+    settings: Settings = state.settings
+    body = await read_body(request, state.uploads, settings.body_timeout_seconds)
+    answer, answer_format = await _answer_held(request.scope, body, state)
+    return Response(answer, media_type=_MEDIA_TYPES[answer_format])
+
+
+class DirectUpdate:
+    """POST /update as raw ASGI, ahead of FastAPI's stack; every other request goes to `app`.
+
+    The same endpoint as `update`, documented by FastAPI all the same, without the
+    layers a request passes through there (exception middlewares, the body limit's
+    wrappers, routing, a Request and a Response object), which cost more than a small
+    update's arithmetic. Errors are answered as FastAPI's handlers answer them
+    (`problems.request_problem`); the body limit is applied to `receive` directly
+    (`body.limited_chunks`).
+    """
+
+    def __init__(self, app: ASGIApp, state: State) -> None:
+        self.app = app
+        self.state = state
+        settings: Settings = state.settings
+        self._max_body_size = settings.max_body_size
+        self._body_timeout = settings.body_timeout_seconds
+        self._uploads: UploadBudget = state.uploads
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not (
+            scope["type"] == "http"
+            and scope["path"] == "/update"
+            and scope["method"] == "POST"
+            and not scope.get("root_path")
+        ):
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            chunks = limited_chunks(
+                receive, scope_header(scope, b"content-length"), self._max_body_size
+            )
+            body = await read_chunks(chunks, self._uploads, self._body_timeout)
+            answer, answer_format = await _answer_held(scope, body, self.state)
+        except Exception as exc:
+            problem = request_problem(exc, scope["method"], scope["path"])
+            if problem is exc or not isinstance(problem, InternalError):
+                await problem_response(problem)(scope, receive, send)
+                return
+            # As Starlette's ServerErrorMiddleware: the 500 when nothing was sent yet, and
+            # the exception raised again for the server to log with its traceback.
+            if not started:
+                await problem_response(problem)(scope, receive, tracking_send)
+            raise
+        await tracking_send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-length", str(len(answer)).encode()),
+                    _CONTENT_TYPE_HEADERS[answer_format],
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": answer})
+
+
+async def _answer_held(scope: Scope, body: bytearray, state: State) -> tuple[bytes, WireFormat]:
+    """The answer to a body that has arrived whole (and is held in the upload budget).
+
+    Upload and compute are separate resources: the body is received within the upload
+    budget and its own timeout, and only a body that has arrived whole waits for a
+    compute slot, so a slow sender holds some bytes of the budget and no slot.
+    """
     uploads: UploadBudget = state.uploads
     gate: ConcurrencyGate = state.gate
-    # Reading the body first lets the body limit answer 413 before anything else.
-    body = await read_body(request, uploads, state.settings.body_timeout_seconds)
+    settings: Settings = state.settings
     try:
         async with gate:
-            return await _update(request, body)
+            return await _update(scope, body, settings.max_elements)
     finally:
         uploads.give_back(len(body))
 
 
-async def _update(request: Request, body: bytearray) -> Response:
-    request_format = wire_format(scope_header(request.scope, b"content-type"))
-    require_identity_encoding(request.headers.getlist("content-encoding"))
-    answer_format = response_format(scope_header(request.scope, b"accept"))
-    max_elements: int = request.app.state.settings.max_elements
+async def _update(scope: Scope, body: bytearray, max_elements: int) -> tuple[bytes, WireFormat]:
+    request_format = wire_format(scope_header(scope, b"content-type"))
+    require_identity_encoding(scope_header_values(scope, b"content-encoding"))
+    answer_format = response_format(scope_header(scope, b"accept"))
     context = current_context()
     if context is None:  # a wiring mistake, not a client's: create_app installs the middleware
         msg = "/update runs without a request context; wrap the app in RequestIdMiddleware"
@@ -200,12 +281,15 @@ async def _update(request: Request, body: bytearray) -> Response:
             answer = _computed(payload, answer_format, context)
         else:
             answer = await run_in_threadpool(_computed, payload, answer_format, context)
-    return Response(answer, media_type=_MEDIA_TYPES[answer_format])
+    return answer, answer_format
 
 
 _MEDIA_TYPES: dict[WireFormat, str] = {
     "json": JSON_MEDIA_TYPE,
     "safetensors": SAFETENSORS_MEDIA_TYPE,
+}
+_CONTENT_TYPE_HEADERS = {
+    wire: (b"content-type", media_type.encode()) for wire, media_type in _MEDIA_TYPES.items()
 }
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,7 +59,11 @@ LOG_PROB_ARRAYS = ("policy_log_probs", "ref_log_probs", *FLOAT_SAMPLE_OPTIONS)
 
 @dataclass(frozen=True, slots=True)
 class CheckedInputs:
-    """The inputs as float64 arrays and floats, every rule checked."""
+    """The inputs as float64 arrays and floats, every rule checked.
+
+    Except, when `check_inputs` was asked to defer it, that the arrays named in
+    `unchecked` are finite: `require_finite` checks that.
+    """
 
     arrays: dict[str, FloatArray]  # the five arrays, and those of the options sent
     beta: float
@@ -67,12 +71,36 @@ class CheckedInputs:
     groups: Groups | None  # None without a baseline
     lengths: FloatArray | None  # `sequence_lengths` as floats, when sent
     state: dict[StateVector, FloatArray]  # the optimizer state's vectors sent, float64
+    unchecked: tuple[str, ...] = ()  # arrays not yet known to be finite
+    column_offset: int = 0  # the block's first column in the whole (its problems name those)
+
+    def require_finite(self) -> None:
+        """Raise the `InvalidInputError` `check_inputs` would have raised for `unchecked`.
+
+        Raises
+        ------
+        InvalidInputError
+            Naming the first value that is not finite of each array in `unchecked`.
+        """
+        problems = _non_finite_problems(self.arrays, self.column_offset, self.unchecked)
+        if problems:
+            raise InvalidInputError(problems)
 
 
 def check_inputs(
-    values: Mapping[str, ArrayLike], *, beta: float, lr: float, options: UpdateOptions
+    values: Mapping[str, ArrayLike],
+    *,
+    beta: float,
+    lr: float,
+    options: UpdateOptions,
+    defer_finite: Collection[str] = (),
 ) -> CheckedInputs:
     """Convert every argument to float64 and check it; report all problems of a stage at once.
+
+    The arrays named in `defer_finite` are looked at for values that are not finite only
+    when another array has one (so that the answer lists them all, as without deferral);
+    otherwise the result's `unchecked` names them, for the caller's `require_finite` once
+    it has no proof of its own (see `app.core.update`).
 
     Raises
     ------
@@ -119,11 +147,19 @@ def check_inputs(
             groups = Groups.whole_batch(batch_size) if ids is None else Groups.from_ids(ids)
             if options.baseline == "rloo":
                 problems = _rloo_problems(groups, grouped=ids is not None)
+    unchecked: tuple[str, ...] = ()
     if not problems:
-        problems = _non_finite_problems(arrays, options.column_offset or 0)
+        offset = options.column_offset or 0
+        unchecked = tuple(name for name in arrays if name in defer_finite)
+        checked = [name for name in arrays if name not in unchecked]
+        problems = _non_finite_problems(arrays, offset, checked)
+        if problems and unchecked:
+            problems = _non_finite_problems(arrays, offset)
     if problems:
         raise InvalidInputError(problems)
-    return CheckedInputs(arrays, beta_value, lr_value, groups, lengths, state)
+    return CheckedInputs(
+        arrays, beta_value, lr_value, groups, lengths, state, unchecked, options.column_offset or 0
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,10 +218,17 @@ def check_step_inputs(
     return CheckedStep(arrays, lr_value, norm_value, state)
 
 
-def _non_finite_problems(arrays: dict[str, FloatArray], offset: int) -> list[InputProblem]:
-    """The first entry of each array that is not finite; columns by their index in the whole."""
+def _non_finite_problems(
+    arrays: Mapping[str, FloatArray], offset: int, names: Collection[str] | None = None
+) -> list[InputProblem]:
+    """The first entry that is not finite of each array (of those in `names`, when given).
+
+    Columns are named by their index in the whole vector: `offset` is the block's first.
+    """
     problems = []
     for name, array in arrays.items():
+        if names is not None and name not in names:
+            continue
         index = first_non_finite(array)
         if index is None:
             continue

@@ -31,6 +31,7 @@ from .results import (
     InputProblem,
     InvalidInputError,
     KlEstimates,
+    UpdateError,
     UpdateOverflowError,
     UpdateResult,
     UpdateStats,
@@ -210,9 +211,7 @@ def compute_update(
             "combined grad_norm"
         )
         raise InvalidInputError([InputProblem(("column_offset",), msg)])
-    grad = _gradient(batch.coefficient, batch.grads, batch.divisor, offset or 0)
-    grad_partials = chunk_partials(grad)
-    grad_norm = norm_of_partials(grad_partials)
+    grad, grad_partials, grad_norm = _batch_gradient(batch, offset or 0)
     step, update_norm = _step(batch.weights, grad, grad_norm, batch.lr, options, batch.state)
     new_state = step.optimizer_state
     stats = _stats(
@@ -269,9 +268,7 @@ def compute_gradient(
     batch = _batch_terms(
         weights, rewards, policy_log_probs, ref_log_probs, log_prob_grads, beta, lr, options
     )
-    grad = _gradient(batch.coefficient, batch.grads, batch.divisor, options.column_offset or 0)
-    partials = chunk_partials(grad)
-    grad_norm = norm_of_partials(partials)
+    grad, partials, grad_norm = _batch_gradient(batch, options.column_offset or 0)
     stats = _stats(batch, grad_norm=grad_norm, clipped=False, update_norm=0.0, optimizer_step=None)
     require_finite_stats(stats)
     return GradientResult(grad=grad, partials=partials, stats=stats)
@@ -390,7 +387,24 @@ def _batch_terms(
         beta=beta,
         lr=lr,
         options=options,
+        defer_finite=(_GRADIENTS,),
     )
+    try:
+        return _terms(checked, options)
+    except UpdateError:
+        # A value of the gradients that is not finite is the answer, before any problem
+        # found later, as when every input is checked first.
+        checked.require_finite()
+        raise
+
+
+# The (B, N) input: its pass for values that are not finite is left to `_batch_gradient`,
+# which most often has a proof of its own instead.
+_GRADIENTS = "log_prob_grads"
+
+
+def _terms(checked: CheckedInputs, options: UpdateOptions) -> _Batch:
+    """Steps 0 to 5 once `check_inputs` has passed, maybe with `checked.unchecked`."""
     estimator = options.estimator
     arrays = checked.arrays
     r = arrays["rewards"]
@@ -451,6 +465,26 @@ def _batch_terms(
         kl_mean,
         options,
     )
+
+
+def _batch_gradient(batch: _Batch, offset: int) -> tuple[FloatArray, FloatArray, float]:
+    """The block's gradient, its chunk partials and their norm, its inputs proven finite."""
+    try:
+        grad = _gradient(batch.coefficient, batch.grads, batch.divisor, offset)
+    except UpdateError:
+        batch.checked.require_finite()
+        raise
+    partials = chunk_partials(grad)
+    grad_norm = norm_of_partials(partials)
+    # A finite gradient proves every gradient entry finite when no coefficient is 0: a
+    # product c * x with c finite and not 0 is infinite or NaN for x infinite or NaN, and
+    # so is any sum it is in; a 0 * inf is left to the check, whatever the kernel does.
+    coefficient = batch.coefficient
+    if batch.checked.unchecked and not (
+        math.isfinite(grad_norm) and np.count_nonzero(coefficient) == coefficient.size
+    ):
+        batch.checked.require_finite()
+    return grad, partials, grad_norm
 
 
 def _step(

@@ -32,6 +32,10 @@ class UpdateObserver:
         self.metrics = metrics
         # The first is the update's own; a line of another says which path it was.
         self.paths = paths
+        # Each labelled child once: `labels()` takes a lock and builds a key per call.
+        self._requests: dict[tuple[int, str], Any] = {}
+        self._stages: dict[str, Any] = {}
+        self._rejected: dict[str, Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         context = current_context()
@@ -84,16 +88,26 @@ class UpdateObserver:
     ) -> None:
         metrics = self.metrics
         problem = context.problem
-        metrics.requests.labels(str(status), body_format).inc()
+        requests = self._requests.get((status, body_format))
+        if requests is None:
+            requests = metrics.requests.labels(str(status), body_format)
+            self._requests[status, body_format] = requests
+        requests.inc()
         metrics.duration.observe(duration)
         metrics.request_bytes.observe(body_bytes)
         if problem is not None and problem.reason is not None:
-            metrics.rejected.labels(problem.reason).inc()
+            rejected = self._rejected.get(problem.reason)
+            if rejected is None:
+                rejected = self._rejected[problem.reason] = metrics.rejected.labels(problem.reason)
+            rejected.inc()
         if context.batch_size is not None and context.params is not None:
             metrics.batch_size.observe(context.batch_size)
             metrics.params.observe(context.params)
         for stage, seconds in context.stage_seconds.items():
-            metrics.stage_duration.labels(stage).observe(seconds)
+            child = self._stages.get(stage)
+            if child is None:
+                child = self._stages[stage] = metrics.stage_duration.labels(stage)
+            child.observe(seconds)
         if context.kl_mean is not None:
             metrics.kl_mean.observe(context.kl_mean)
 

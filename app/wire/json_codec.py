@@ -70,6 +70,8 @@ _PIECE_BYTES = 1 << 20
 # Below this size, decoding costs tens of milliseconds at worst: counting the brackets and
 # commas of every small body (about a nanosecond a byte) would cost more than it saves.
 _COUNTED_BODY_BYTES = 1 << 20
+# `_count` compares slices of this size at a time (a temporary of as many booleans).
+_COUNTED_SLICE_BYTES = 1 << 18
 
 # The typed decode: the options are few and small, msgspec keeps each as its raw JSON
 # (empty when absent) and read_options has the Pydantic model of the options read them.
@@ -110,13 +112,35 @@ def decode_request(body: bytes | bytearray, max_elements: int | None = None) -> 
     if not body or body.isspace():
         msg = "request body is empty; expected a JSON object"
         raise MalformedJsonError(msg)
+    if len(body) <= _TYPED_BYTES:
+        return _decode_typed(body, max_elements)
+    # Every later use of the count of brackets reads this one.
+    brackets = _count(body, b"[")
     if len(body) > _COUNTED_BODY_BYTES:
-        _refuse_overfull(body)
-    if len(body) > _TYPED_BYTES and body.count(b"[") * _FAST_ROW_BYTES <= len(body):
-        payload = decode_fast(body, max_elements)
+        _refuse_overfull(body, brackets)
+    if brackets * _FAST_ROW_BYTES <= len(body):
+        payload = decode_fast(body, max_elements, brackets)
         if payload is not None:
             return payload
     return _decode_typed(body, max_elements)
+
+
+def _count(body: bytes | bytearray, byte: bytes) -> int:
+    """How many times `byte` occurs in `body`.
+
+    `bytes.count` of one byte compares byte by byte (about 0.25 ns a byte here, 0.5 for a
+    frequent one); NumPy's comparison and count run vectorised, about four times faster
+    on a large body, over slices of `_COUNTED_SLICE_BYTES` so that the comparison's
+    temporary stays small.
+    """
+    if len(body) <= _COUNTED_SLICE_BYTES:
+        return body.count(byte)
+    data = np.frombuffer(body, dtype=np.uint8)
+    value = byte[0]
+    return sum(
+        int(np.count_nonzero(data[start : start + _COUNTED_SLICE_BYTES] == value))
+        for start in range(0, data.size, _COUNTED_SLICE_BYTES)
+    )
 
 
 def _decode_typed(body: bytes | bytearray, max_elements: int | None) -> UpdatePayload:
@@ -157,13 +181,16 @@ def _decode_typed(body: bytes | bytearray, max_elements: int | None) -> UpdatePa
     )
 
 
-def decode_fast(body: bytes | bytearray, max_elements: int | None) -> UpdatePayload | None:
+def decode_fast(
+    body: bytes | bytearray, max_elements: int | None, brackets: int | None = None
+) -> UpdatePayload | None:
     """The fast path alone: the payload of a valid body, with no Python float per number.
 
     None for a body it does not take whole (an invalid one, or integers beyond 64 bits),
     which `decode_request` then hands to the typed path. Raises `TooManyElementsError`
     when B*N + B + N exceeds `max_elements` (when given), before the gradient matrix is
-    parsed or allocated.
+    parsed or allocated. `brackets`, when the caller has counted them, is the number of
+    '[' in `body`.
     """
     try:
         request = _RAW_DECODER.decode(body)
@@ -176,9 +203,11 @@ def decode_fast(body: bytes | bytearray, max_elements: int | None) -> UpdatePayl
     # Every '[' in a valid body opens an array this path reads (the keys and option values
     # that are strings are fixed words): one more is an array nested where a number
     # belongs, which the flat buffers below would silently flatten.
-    brackets = len(_VECTORS) + 1 + len(rows)
-    brackets += sum(bytes(raw).count(b"[") for name in OPTIONS if (raw := getattr(request, name)))
-    if options is None or option_problems or body.count(b"[") != brackets:
+    expected = len(_VECTORS) + 1 + len(rows)
+    expected += sum(bytes(raw).count(b"[") for name in OPTIONS if (raw := getattr(request, name)))
+    if brackets is None:
+        brackets = _count(body, b"[")
+    if options is None or option_problems or brackets != expected:
         return None
     parser = simdjson.Parser()
     try:
@@ -253,7 +282,7 @@ def _payload(
     return UpdatePayload(**arrays, log_prob_grads=grads, beta=beta, lr=lr, options=options)
 
 
-def _refuse_overfull(body: bytes | bytearray) -> None:
+def _refuse_overfull(body: bytes | bytearray, brackets: int) -> None:
     """Refuse a body that cannot be valid for its size before any of it is decoded.
 
     Millions of short numbers or one-number rows cost 16 to 100 bytes of Python objects
@@ -261,8 +290,8 @@ def _refuse_overfull(body: bytes | bytearray) -> None:
     brackets tells one with more arrays than a valid body of its size; for one dense with
     short numbers, each field's length is checked (`json_refusal.overfull`).
     """
-    too_many_arrays = body.count(b"[") > most_arrays(len(body))
-    if too_many_arrays or body.count(b",") > most_short_numbers(len(body)):
+    too_many_arrays = brackets > most_arrays(len(body))
+    if too_many_arrays or _count(body, b",") > most_short_numbers(len(body)):
         problem = overfull(body, sure=too_many_arrays)
         if problem is not None:
             raise problem

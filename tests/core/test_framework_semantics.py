@@ -75,6 +75,30 @@ def test_k3_is_within_two_ulp_everywhere() -> None:
     assert abs(naive / k3_exact(1e-9) - 1) > 1e-7
 
 
+def test_k3_of_a_small_batch_is_bit_for_bit_that_of_a_large_one() -> None:
+    # A few samples take the series value by value, many of them as arrays: the same bits.
+    rng = np.random.default_rng(19)
+    edges = [0.0, -0.0, 1.0, -1.0, np.nextafter(1.0, 2.0), -np.nextafter(1.0, 2.0), 5e-324]
+    values = np.concatenate(
+        [
+            edges,
+            rng.standard_normal(2000),
+            rng.uniform(-1, 1, 2000) * 10.0 ** -rng.integers(0, 200, 2000),
+        ]
+    )
+    large = kl_estimate(values, "k3")
+    assert values.size > 32
+    for size in (1, 2, 7, 8, 31, 32):
+        for start in range(0, values.size - size, 97):
+            small = kl_estimate(values[start : start + size], "k3")
+            np.testing.assert_array_equal(
+                small.view(np.int64), large[start : start + size].view(np.int64)
+            )
+    # Within 2 ulp here too, so the two agree with the exact value, not only each other.
+    errors = [ulps(g, k3_exact(x)) for g, x in zip(large[:7].tolist(), edges, strict=True)]
+    assert max(errors) <= 2.0
+
+
 def test_k3_beyond_the_bound_is_the_bound_s() -> None:
     got = kl_estimate(np.array([-30.0, 30.0]), "k3")
     assert got.tolist() == [k3_exact(-20.0), k3_exact(20.0)]

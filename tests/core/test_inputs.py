@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from app.core import InvalidInputError, rlhf_weight_update
+from app.core import InvalidInputError, UpdateOverflowError, rlhf_weight_update
 from tests.helpers.reference import EXAMPLE
 
 OK_ARGS: dict[str, Any] = dict(EXAMPLE)
@@ -106,3 +106,44 @@ def test_a_finite_sum_that_overflows_is_not_mistaken_for_a_non_finite_input() ->
     big = 1.7e308
     new = rlhf_weight_update([big, big], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [[big, big]] * 2, 0, 1)
     assert new.tolist() == [big, big]
+
+
+# The gradients' pass for values that are not finite is deferred to the product (a finite
+# gradient with no zero coefficient proves them finite): the answers are those of a check
+# of every input first.
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_a_non_finite_gradient_in_a_row_whose_coefficient_is_0_is_named(bad: float) -> None:
+    # adjusted = rewards - beta * kl = [0, 1]: row 0 adds 0 * bad to the product, a term a
+    # product may skip, so the gradient cannot vouch for that row.
+    args = dict(OK_ARGS, rewards=[0.0, 1.0], log_prob_grads=[[0.5, bad], [0.5, -0.5]])
+    with pytest.raises(InvalidInputError) as info:
+        rlhf_weight_update(**args)
+    assert [p.loc for p in info.value.problems] == [("log_prob_grads", 0, 1)]
+    assert info.value.problems[0].msg == f"log_prob_grads[0][1] is {bad}; expected a finite number"
+
+
+def test_non_finite_gradients_are_listed_with_the_other_non_finite_inputs() -> None:
+    args = dict(OK_ARGS, weights=[1.0, np.nan], log_prob_grads=[[0.5, -0.5], [np.inf, -0.5]])
+    with pytest.raises(InvalidInputError) as info:
+        rlhf_weight_update(**args)
+    assert [p.loc for p in info.value.problems] == [("weights", 1), ("log_prob_grads", 1, 0)]
+
+
+def test_a_non_finite_gradient_is_the_answer_before_a_later_overflow() -> None:
+    # The KL estimate 1e308 - (-1e308) overflows; without the gradients' inf that is the
+    # answer (an UpdateOverflowError), with it the input comes first.
+    args = dict(
+        OK_ARGS,
+        policy_log_probs=[1e308, -1.5],
+        ref_log_probs=[-1e308, -1.5],
+        log_prob_grads=[[0.5, -0.5], [-np.inf, -0.5]],
+    )
+    with pytest.raises(InvalidInputError) as info:
+        rlhf_weight_update(**args)
+    assert [p.loc for p in info.value.problems] == [("log_prob_grads", 1, 0)]
+    finite = dict(args, log_prob_grads=[[0.5, -0.5], [0.5, -0.5]])
+    with pytest.raises(UpdateOverflowError) as overflow:
+        rlhf_weight_update(**finite)
+    assert overflow.value.problems[0].loc == ("kl", 0)

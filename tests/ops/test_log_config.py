@@ -113,3 +113,45 @@ def test_the_time_is_rfc_3339_in_utc_with_milliseconds() -> None:
     assert stamp == "2026-11-25T22:17:03.042Z"
     parsed = datetime.fromisoformat(stamp)  # Python 3.11 reads RFC 3339 with Z
     assert parsed == datetime(2026, 11, 25, 22, 17, 3, 42000, tzinfo=UTC)
+
+
+def _formatters() -> tuple[logging.Formatter, logging.Formatter]:
+    """The service's formatter and python-json-logger's own, configured alike."""
+    config = log_config("info")
+    ours = dict(config["formatters"]["json"])
+    theirs = ours | {"()": "pythonjsonlogger.json.JsonFormatter"}
+    configurator = logging.config.dictConfigClass(config)
+    return configurator.configure_custom(ours), configurator.configure_custom(theirs)
+
+
+def _records() -> Iterator[logging.LogRecord]:
+    def record(msg: object, args: tuple[object, ...] = (), **extra: object) -> logging.LogRecord:
+        made = logging.LogRecord("app.update", logging.INFO, "x", 1, msg, args, None)
+        made.__dict__.update(extra)
+        return made
+
+    line: dict[str, Any] = {"request_id": "ab" * 16, "status": 200, "B": 8, "duration_s": 3e-4}
+    yield record("update", **line, kl_mean=-0.125, error=None)
+    yield record("%s: %s", ("body-too-large", "détail \u2028"), request_id="x")
+    yield record({"a dict": "message", "n": 1}, status=422)
+    yield record("odd values", when=datetime(2026, 1, 2, tzinfo=UTC), obj=object, _private=1)
+    for created in (1795645023.0, 1795645023.9995, 1795645024.0004, 0.25):
+        timed = record("update", **line)
+        timed.created, timed.msecs = created, (created - int(created)) * 1000
+        yield timed
+    try:
+        message = "boom"
+        raise ValueError(message)
+    except ValueError as exc:
+        failed = logging.LogRecord("app.errors", logging.ERROR, "x", 1, "failed", (), None)
+        failed.exc_info = (type(exc), exc, exc.__traceback__)
+        yield failed
+
+
+def test_the_service_formatter_writes_what_python_json_logger_writes() -> None:
+    ours, theirs = _formatters()
+    assert type(ours) is not type(theirs)
+    for record in _records():
+        assert ours.format(record) == theirs.format(record), record.msg
+        # Formatting again (the time's text kept from the first) changes nothing.
+        assert ours.format(record) == theirs.format(record), record.msg

@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from safetensors.numpy import save
+from safetensors.numpy import load, save
 
 from app.errors import InvalidPayloadError, MalformedSafetensorsError
 from app.wire.safetensors_codec import MAX_HEADER_BYTES, MAX_HEADER_ENTRIES, decode_request
@@ -32,15 +32,66 @@ def test_safetensors_arrays_are_read_only_views_on_the_body() -> None:
     assert (payload.beta, payload.lr) == (1.0, 0.1)
 
 
+def _validated_by_safetensors(body: bytes) -> bytearray:
+    """The same file with its header's tensors written twice (the later copy of a name
+    wins), which the service leaves to `safetensors.safe_open` to read; a plain header it
+    reads itself."""
+    length = struct.unpack("<Q", body[:8])[0]
+    header = json.loads(body[8 : 8 + length])
+    entries = [f"{json.dumps(k)}: {json.dumps(v)}" for k, v in header.items()]
+    tensors = [entry for entry, name in zip(entries, header, strict=True) if name != "__metadata__"]
+    text = ("{" + ", ".join([*tensors, *entries]) + "}").encode()
+    text += b" " * (-len(text) % 8)
+    return bytearray(struct.pack("<Q", len(text)) + text + body[8 + length :])
+
+
 def test_safetensors_header_is_read_without_memfd_too(monkeypatch: pytest.MonkeyPatch) -> None:
     # Platforms without memfd_create (macOS) show safetensors the header in a temporary file.
     monkeypatch.delattr(os, "memfd_create")
     tensors = example_tensors()
-    payload = decode_request(bytearray(save(tensors)))
+    payload = decode_request(_validated_by_safetensors(save(tensors)))
     for field in FIELDS:
         assert np.array_equal(getattr(payload, field), tensors[field])
     with pytest.raises(MalformedSafetensorsError):
         decode_request(bytearray(b'\x08\x00\x00\x00\x00\x00\x00\x00{"a": 1}'))
+
+
+@pytest.mark.parametrize(
+    ("extra", "metadata", "options"),
+    [
+        pytest.param({}, None, {}, id="plain"),
+        pytest.param(
+            {"weights": np.ones(2, np.float32)},
+            {"baseline": "rloo"},
+            {"baseline": "rloo"},
+            id="f32-options",
+        ),
+        pytest.param(
+            {"group_ids": np.array([3, 3], np.int16), "old_log_probs": np.array([-1.0, -2.0])},
+            {"reward_clip": "[-1, 2]", "kl_estimator": "k3"},
+            {"reward_clip": (-1.0, 2.0), "kl_estimator": "k3"},
+            id="per-sample",
+        ),
+    ],
+)
+def test_a_header_read_by_the_service_is_read_as_safetensors_reads_it(
+    extra: dict[str, np.ndarray], metadata: dict[str, str] | None, options: dict[str, object]
+) -> None:
+    body = save(example_tensors() | extra, metadata=metadata)
+    reference = load(body)  # the library's own reader, a copy of every tensor
+    for payload in (
+        decode_request(bytearray(body)),
+        decode_request(_validated_by_safetensors(body)),
+    ):
+        for name, tensor in reference.items():
+            value = getattr(payload, name) if hasattr(payload, name) else None
+            if value is None or name in ("beta", "lr"):
+                value = getattr(payload.options, name, value)
+            value = np.asarray(value)
+            assert value.dtype == tensor.dtype, name
+            assert np.array_equal(value.reshape(tensor.shape), tensor), name
+        for name, expected in options.items():
+            assert getattr(payload.options, name) == expected, name
 
 
 def test_per_sample_options_are_tensors_of_any_float_or_integer_dtype() -> None:
