@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,12 +42,21 @@ pytestmark = [
 TOKEN = "read-only-root"
 # In the namespace: every mount read-only, a fresh tmpfs on /tmp, the token written there
 # (in a pod it is a read-only Secret volume), then the server.
+# A checkout under /tmp (CI may clone there) would vanish under the fresh tmpfs: it is
+# bound first to $HOLD, an empty directory outside /tmp, then back to its own path,
+# read-only like every other mount.
 SCRIPT = r"""
 set -e
+case "$ROOT" in /tmp/*) mount --bind /tmp "$HOLD" ;; esac
 for mount in $(awk '{print $5}' /proc/self/mountinfo | sort -u); do
     mount -o remount,bind,ro "$mount" || { echo "cannot remount $mount read-only" >&2; exit 4; }
 done
 mount -t tmpfs -o size=64m tmpfs /tmp
+case "$ROOT" in /tmp/*)
+    mkdir -p "$ROOT"
+    mount --bind "$HOLD/${ROOT#/tmp/}" "$ROOT"
+    mount -o remount,bind,ro "$ROOT" ;;
+esac
 mkdir /tmp/secret
 printf '%s\n' "$TOKEN" > /tmp/secret/token
 if touch "$ROOT/written" 2>/dev/null; then echo "the root is writable" >&2; exit 3; fi
@@ -68,6 +78,9 @@ def test_the_service_serves_and_stops_with_only_tmp_writable(tmp_path: Path) -> 
         "PORT": str(port),
         "RLHF_SHUTDOWN_DRAIN_SECONDS": "0",  # nothing to drain from
     }
+    # Outside /tmp, and removed afterwards: only the namespace ever mounts anything on it.
+    hold = Path(tempfile.mkdtemp(prefix="rlhf-read-only-", dir="/var/tmp"))
+    env["HOLD"] = str(hold)
     log = tmp_path / "server.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -100,4 +113,5 @@ def test_the_service_serves_and_stops_with_only_tmp_writable(tmp_path: Path) -> 
         if process.poll() is None:
             process.kill()
             process.wait()
+        hold.rmdir()
     assert not (ROOT / "written").exists()
