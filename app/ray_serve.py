@@ -96,7 +96,9 @@ class _UpdateReplica:
             # Serve ran, so gate, upload budget and metrics are shared with HTTP; inside
             # the proxy's layer, since no proxy stamps the id on a handle's answer.
             proxied: _ProxiedRequestId = self.app  # type: ignore[attr-defined]
-            transport = httpx2.ASGITransport(app=proxied.app)
+            # A 500 the app sent is an answer, as over HTTP: not an exception that Ray
+            # would carry to the caller with the replica's traceback.
+            transport = httpx2.ASGITransport(app=proxied.app, raise_app_exceptions=False)
             self._client = httpx2.AsyncClient(transport=transport, base_url=_IN_PROCESS_URL)
         response = await self._client.post(path, content=content, headers=dict(headers))
         answer_headers = {name.lower(): value for name, value in response.headers.items()}

@@ -55,6 +55,13 @@ class RetryPolicy:
             raise APIConnectionError(msg) from error
         return self._backoff(attempt)
 
+    def retry_after_unreachable(self, attempt: int, error: APIConnectionError) -> float:
+        """Seconds to wait after a transport of the client's own said it could not reach a
+        server (or timed out, `APITimeoutError`); raises `error` if it is final."""
+        if attempt >= self.max_retries:
+            raise error
+        return self._backoff(attempt)
+
     def _backoff(self, attempt: int) -> float:
         delay = min(self.initial_delay * 2.0**attempt, self.max_delay)
         # Jitter spreads the retries of many clients that failed at the same moment.

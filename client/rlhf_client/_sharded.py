@@ -26,7 +26,12 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from rlhf_client._client import DEFAULT_TIMEOUT, Timeout
-from rlhf_client._errors import APIResponseError, RLHFClientError
+from rlhf_client._errors import (
+    APIConnectionError,
+    APIResponseError,
+    RLHFClientError,
+    UnprocessableEntityError,
+)
 from rlhf_client._models import UpdateResult, UpdateStats
 from rlhf_client._norms import norm_of_partials
 from rlhf_client._retry import RetryPolicy
@@ -142,8 +147,21 @@ class AsyncShardedClient:
                 for url in base_urls
             ]
             self._owns_transports = True
+            # Those transports carry `headers` and `api_key` themselves.
+            self._block_headers = dict(_HEADERS)
         else:
+            if timeout is not None:
+                msg = (
+                    "timeout= sets the HttpTransports made from base_urls; with transports=, "
+                    "give each transport its own, or pass update(timeout=...)"
+                )
+                raise ValueError(msg)
             self._owns_transports = False
+            # Sent with every block whatever carries it (a Ray handle has no headers of its
+            # own); no $RLHF_API_TOKEN here, which would override a transport's own token.
+            self._block_headers = {**_HEADERS, **(headers or {})}
+            if api_key:
+                self._block_headers["Authorization"] = f"Bearer {api_key}"
         if not transports:
             msg = "a sharded client needs at least one base URL or transport"
             raise ValueError(msg)
@@ -206,6 +224,7 @@ class AsyncShardedClient:
             return _combined(blocks, plan)
         grads = await self._each(offsets, lambda k, o: self._gradient(plan, k, o))
         grad_norm = norm_of_partials([block.tensors[_GRAD_PARTIALS] for block in grads])
+        _require_finite_norm("grad_norm", grad_norm, grads[0])
         steps = await self._each(
             offsets, lambda k, o: self._apply(plan, k, o, grads[k].tensors["grad"], grad_norm)
         )
@@ -283,12 +302,17 @@ class AsyncShardedClient:
 
         tasks = [asyncio.ensure_future(limited(k, o)) for k, o in enumerate(offsets)]
         try:
-            return list(await asyncio.gather(*tasks))
-        except BaseException:
+            answers = await asyncio.gather(*tasks, return_exceptions=True)
+        except BaseException:  # this update cancelled: its blocks with it
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
+        # The first block's error in column order, as one server names the first bad column.
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                raise answer
+        return answers  # type: ignore[return-value]  # no exception among them
 
     async def _one_call(self, plan: _Plan, k: int, offset: int) -> _Answer:
         """A block without clipping: POST /update with its column_offset."""
@@ -340,7 +364,7 @@ class AsyncShardedClient:
 
     async def _post(self, k: int, path: str, content: bytes, plan: _Plan) -> _Answer:
         """POST one block, retried on the next transport; its 2xx answer, read."""
-        headers = dict(_HEADERS)
+        headers = dict(self._block_headers)
         if plan.request_id is not None:
             headers["X-Request-ID"] = plan.request_id
         attempt = 0
@@ -353,6 +377,8 @@ class AsyncShardedClient:
                 )
             except httpx2.TransportError as exc:
                 delay = self._retry.retry_after_error(attempt, exc)
+            except APIConnectionError as exc:  # a transport's own word, e.g. HandleTransport's
+                delay = self._retry.retry_after_unreachable(attempt, exc)
             except TimeoutError:
                 timed_out = httpx2.ReadTimeout(f"no answer from a block within {plan.timeout} s")
                 delay = self._retry.retry_after_error(attempt, timed_out)
@@ -592,6 +618,8 @@ def _combined(
         update_norm = norm_of_partials([block.tensors[_UPDATE_PARTIALS] for block in blocks])
     else:
         update_norm = float(plan.lr) * step_norm
+    for name, value in (("grad_norm", grad_norm), ("update_norm", update_norm)):
+        _require_finite_norm(name, value, first)
     state: dict[str, Any] | None = None
     if _STEP_KEY in first.metadata:
         step = int(first.metadata[_STEP_KEY])
@@ -617,3 +645,28 @@ def _combined(
         msg = f"unreadable block stats: {exc}"
         raise RLHFClientError(msg) from exc
     return UpdateResult(weights, parsed, first.request_id, state)
+
+
+# The service's problem type for an update that overflows (its OpenAPI document lists it);
+# tests/client/test_sharded.py ties the two.
+UPDATE_OVERFLOW_TYPE = "urn:rlhf-update:problem:update-overflow"
+
+
+def _require_finite_norm(name: str, value: float, answer: _Answer) -> None:
+    """Refuse a combined norm that overflows, with the 422 one server gives for it.
+
+    Each block's norm can be finite while the whole's is not; a single server would
+    refuse that update naming ``stats.<name>``, and so does the sharded one.
+    """
+    if math.isfinite(value):
+        return
+    msg = f"stats.{name} overflows float64 ({value}); scale down the inputs or lr"
+    problem = {
+        "type": UPDATE_OVERFLOW_TYPE,
+        "title": "Update overflows",
+        "status": 422,
+        "detail": msg,
+        "errors": [{"loc": ["stats", name], "msg": msg}],
+    }
+    response = httpx2.Response(422, json=problem)
+    raise UnprocessableEntityError(response, problem, answer.request_id)

@@ -21,8 +21,10 @@ from rlhf_client import (
     UpdateResult,
 )
 from rlhf_client._norms import norm_of_partials as client_norm
+from rlhf_client._sharded import UPDATE_OVERFLOW_TYPE
 
 from app.core.norms import CHUNK_COLUMNS, chunk_partials, norm_of_partials
+from app.errors import PROBLEM_TYPE_PREFIX, UpdateOverflowProblem
 from app.main import create_app
 from app.settings import Settings
 
@@ -277,3 +279,92 @@ def test_the_clients_norm_of_partials_is_the_services() -> None:
         rows = np.array(degenerate)
         ours, theirs = client_norm([rows]), norm_of_partials(rows)
         assert ours == theirs or (math.isnan(ours) and math.isnan(theirs))
+
+
+class _Unreachable:
+    """A transport of another kind (a Ray handle's): its own `APIConnectionError` first."""
+
+    def __init__(self, inner: HttpTransport, failures: int) -> None:
+        self.inner = inner
+        self.failures = failures
+        self.headers: list[dict[str, str]] = []
+
+    async def post(self, path: str, content: bytes, headers: Mapping[str, str]) -> BlockAnswer:
+        self.headers.append(dict(headers))
+        if self.failures:
+            self.failures -= 1
+            msg = "could not reach a replica of the deployment"
+            raise APIConnectionError(msg)
+        return await self.inner.post(path, content, headers)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def test_a_transports_own_connection_error_is_retried_and_every_block_carries_the_token(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(asyncio, "sleep", _no_wait)
+    arrays = _arrays()
+    token = "sharded-secret"
+    guarded = Settings(max_body_size=SETTINGS.max_body_size, max_elements=10**8, api_token=token)
+    inner = HttpTransport(
+        "http://app",
+        http_client=httpx2.AsyncClient(
+            transport=httpx2.ASGITransport(app=create_app(guarded)), base_url="http://app"
+        ),
+        api_key="not-the-token",  # the sharded client's api_key wins for its blocks
+    )
+    flaky = _Unreachable(inner, failures=2)
+
+    async def scenario() -> tuple[UpdateResult, UpdateResult]:
+        client = AsyncShardedClient(
+            transports=[flaky], block_columns=2 * CHUNK_COLUMNS, max_retries=2, api_key=token
+        )
+        got = await client.update(*arrays, beta=0.1, lr=0.01, max_grad_norm=1.0)
+        async with AsyncClient(http_client=_app_client(), transport="safetensors") as one:
+            return await one.update(*arrays, beta=0.1, lr=0.01, max_grad_norm=1.0), got
+
+    expected, got = asyncio.run(scenario())
+    _assert_identical(expected, got)
+    assert flaky.failures == 0
+    assert {h["Authorization"] for h in flaky.headers} == {f"Bearer {token}"}
+
+    async def gives_up() -> None:
+        down = _Unreachable(_transport(), failures=10)
+        client = AsyncShardedClient(transports=[down], block_columns=CHUNK_COLUMNS, max_retries=1)
+        with pytest.raises(APIConnectionError, match="replica"):
+            await client.update(*arrays, beta=0.1, lr=0.01)
+
+    asyncio.run(gives_up())
+
+
+def test_a_timeout_for_transports_it_did_not_make_is_refused() -> None:
+    with pytest.raises(ValueError, match="timeout"):
+        AsyncShardedClient(transports=[_transport()], timeout=5.0)
+
+
+@pytest.mark.parametrize("clip", [None, 1.0], ids=["one-call", "two-phases"])
+def test_a_whole_norm_that_overflows_is_the_single_servers_422(clip: float | None) -> None:
+    # One huge entry in each of two blocks: each block's norm is finite, the whole's is not.
+    n = 2 * CHUNK_COLUMNS
+    grads = np.zeros((1, n))
+    grads[0, [3, CHUNK_COLUMNS + 3]] = 1.5e308
+    args = (np.zeros(n), np.ones(1), np.full(1, -1.0), np.full(1, -1.0), grads)
+    options: dict[str, Any] = {"max_grad_norm": clip}
+
+    async def scenario() -> tuple[Any, Any]:
+        async with AsyncClient(http_client=_app_client(), transport="safetensors") as one:
+            with pytest.raises(UnprocessableEntityError) as single:
+                await one.update(*args, beta=0.1, lr=1e-300, **options)
+        client = AsyncShardedClient(transports=[_transport()], block_columns=CHUNK_COLUMNS)
+        with pytest.raises(UnprocessableEntityError) as sharded:
+            await client.update(*args, beta=0.1, lr=1e-300, **options)
+        return single.value, sharded.value
+
+    single, sharded = asyncio.run(scenario())
+    assert sharded.type == single.type == UPDATE_OVERFLOW_TYPE
+    assert PROBLEM_TYPE_PREFIX + UpdateOverflowProblem.slug == UPDATE_OVERFLOW_TYPE
+    assert sharded.title == single.title == UpdateOverflowProblem.title
+    assert [e["loc"] for e in sharded.errors] == [e["loc"] for e in single.errors]
+    assert [e["msg"] for e in sharded.errors] == [e["msg"] for e in single.errors]

@@ -278,7 +278,7 @@ def test_a_sharded_update_through_the_handle_is_the_single_answer_bit_for_bit(
         )
         async with AsyncClient(http_client=local, transport="safetensors") as single:
             expected = await single.update(*arrays, beta=0.1, lr=0.01, **options)
-        # One transport over the handle: Serve spreads the four blocks over the replicas.
+        # One transport over the handle: Serve picks a replica for each of the four blocks.
         transport = HandleTransport(serve.get_deployment_handle(DEPLOYMENT, APP_NAME))
         try:
             async with AsyncShardedClient(
