@@ -82,6 +82,12 @@ def norm_of_partials(partials: Iterable[FloatArray] | FloatArray) -> float:
     """
     rows = partials if isinstance(partials, np.ndarray) else np.concatenate(list(partials))
     rows = rows.reshape(-1, 2)
+    if rows.shape[0] == 1:
+        # One chunk (every small update): what the general case below gives, on floats.
+        s, q = rows[0].tolist()
+        if math.isnan(s) or math.isinf(s) or q == 0:
+            return s if math.isnan(s) or math.isinf(s) else 0.0
+        return s * math.sqrt(q)
     scales, sums = rows[:, 0], rows[:, 1]
     if np.isnan(scales).any():
         return math.nan

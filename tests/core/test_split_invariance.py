@@ -117,3 +117,20 @@ def test_partials_of_blocks_are_those_of_the_whole_in_any_order() -> None:
     # One chunk: exactly the single-chunk norm sqrt(sum of squares).
     small = values[:100]
     assert chunked_norm(small) == math.sqrt(float(np.add.reduce(small * small)))
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-160, 1e-310, 1e150, 1e300, 0.0])
+def test_one_chunk_takes_the_general_combination_s_value(scale: float) -> None:
+    rng = np.random.default_rng(abs(int(math.log10(scale))) if scale else 7)
+    zero_chunk = np.array([[1.0, 0.0]])  # adds nothing, and takes the general combination
+    vectors = [rng.standard_normal(int(rng.integers(1, 200))) * scale for _ in range(100)]
+    vectors += [np.array([np.inf, 1.0]), np.array([-np.inf]), np.array([np.nan, 2.0])]
+    for values in vectors:
+        partials = chunk_partials(values)
+        alone = norm_of_partials(partials)
+        general = norm_of_partials(np.vstack([partials, zero_chunk]))
+        assert alone == general or (math.isnan(alone) and math.isnan(general))
+        if np.isfinite(values).all():
+            assert alone == _exact_norm(values) or abs(alone - _exact_norm(values)) <= 2 * math.ulp(
+                alone
+            )
