@@ -84,10 +84,10 @@ def norm_of_partials(partials: Iterable[FloatArray] | FloatArray) -> float:
     rows = rows.reshape(-1, 2)
     if rows.shape[0] == 1:
         # One chunk (every small update): what the general case below gives, on floats.
-        s, q = rows[0].tolist()
-        if math.isnan(s) or math.isinf(s) or q == 0:
-            return s if math.isnan(s) or math.isinf(s) else 0.0
-        return s * math.sqrt(q)
+        s, q = (float(x) for x in rows[0])
+        if math.isnan(s) or math.isinf(s):
+            return s
+        return s * math.sqrt(q) if q else 0.0
     scales, sums = rows[:, 0], rows[:, 1]
     if np.isnan(scales).any():
         return math.nan

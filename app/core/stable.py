@@ -18,7 +18,6 @@ __all__ = [
     "add_product",
     "clamp",
     "fraction",
-    "l2_norm",
     "mean",
     "mean_product",
     "power_of_two_scale",
@@ -88,19 +87,6 @@ def sample_std(values: FloatArray, values_mean: float | None = None) -> float:
     centred = values - (mean(values) if values_mean is None else values_mean)
     scale, squares = scaled_sum_of_squares(centred)
     return scale * math.sqrt(squares / (values.size - 1))
-
-
-def l2_norm(values: FloatArray) -> float:
-    """Euclidean norm, without overflow or underflow in the squares.
-
-    Examples
-    --------
-    >>> with np.errstate(over="ignore"):
-    ...     l2_norm(np.array([3e300, 4e300]))
-    5e+300
-    """
-    scale, squares = scaled_sum_of_squares(values)
-    return scale * math.sqrt(squares)
 
 
 def scaled_sum_of_squares(values: FloatArray) -> tuple[float, float]:
