@@ -78,3 +78,20 @@ def test_a_client_that_leaves_mid_body_is_answered_alike() -> None:
     assert _answer(direct)[0] == 400
     assert _answer(direct) == _answer(routed)
     assert _answer(direct)[2]["type"].endswith("client-disconnected")
+
+
+def _layers(app: Any) -> list[type]:
+    """The classes of the ASGI layers from the outside in, following each one's `app`."""
+    layers = []
+    layer = app.build_middleware_stack()
+    while layer is not None:
+        layers.append(type(layer))
+        layer = getattr(layer, "app", None)
+    return layers
+
+
+def test_without_a_token_update_is_served_by_the_direct_path_and_with_one_by_fastapi() -> None:
+    from app.api.update import DirectUpdate
+
+    assert DirectUpdate in _layers(create_app(Settings()))
+    assert DirectUpdate not in _layers(create_app(Settings(api_token=TOKEN)))
