@@ -109,6 +109,22 @@ class UpdateMetrics:
             buckets=_BATCH_BUCKETS,
             registry=registry,
         )
+        # The blocks of sharded updates (POST /update/grad, /update/apply) apart: K blocks
+        # are one update, which the update series above would count 2K times.
+        self.block_requests = Counter(
+            "rlhf_update_block_requests",
+            "POST /update/grad and /update/apply requests answered (the blocks of sharded "
+            "updates), by route, status code and wire format.",
+            ["route", "status", "format"],
+            registry=registry,
+        )
+        self.block_duration = Histogram(
+            "rlhf_update_block_duration_seconds",
+            "Time from receiving a block's POST to the end of its answer, by route.",
+            ["route"],
+            buckets=_DURATION_BUCKETS,
+            registry=registry,
+        )
         self.in_flight = Gauge(
             "rlhf_update_in_flight",
             "Updates holding a compute slot now (summed over live workers).",

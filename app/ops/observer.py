@@ -23,7 +23,11 @@ logger = logging.getLogger("app.update")
 
 
 class UpdateObserver:
-    """Measure every POST /update: status, format, sizes, shape, timings, kl_mean."""
+    """Measure every POST /update: status, format, sizes, shape, timings, kl_mean.
+
+    The other `paths` (the blocks of sharded updates) get their own count and duration by
+    route, and the same log line with its path.
+    """
 
     def __init__(
         self, app: ASGIApp, metrics: UpdateMetrics, paths: tuple[str, ...] = ("/update",)
@@ -88,6 +92,11 @@ class UpdateObserver:
     ) -> None:
         metrics = self.metrics
         problem = context.problem
+        if path != self.paths[0]:
+            metrics.block_requests.labels(path, str(status), body_format).inc()
+            metrics.block_duration.labels(path).observe(duration)
+            self._log(context, status, body_format, body_bytes, duration, path)
+            return
         requests = self._requests.get((status, body_format))
         if requests is None:
             requests = metrics.requests.labels(str(status), body_format)
@@ -110,7 +119,19 @@ class UpdateObserver:
             child.observe(seconds)
         if context.kl_mean is not None:
             metrics.kl_mean.observe(context.kl_mean)
+        self._log(context, status, body_format, body_bytes, duration, path)
 
+    def _log(
+        self,
+        context: RequestContext,
+        status: int,
+        body_format: str,
+        body_bytes: int,
+        duration: float,
+        path: str,
+    ) -> None:
+        """The request's one JSON log line (ERROR for a 5xx)."""
+        problem = context.problem
         level = logging.ERROR if status >= 500 else logging.INFO
         if not logger.isEnabledFor(level):
             return

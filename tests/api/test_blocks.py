@@ -238,9 +238,20 @@ def test_the_block_routes_need_the_token_and_are_observed(example: dict[str, Any
         headers = {"authorization": "Bearer secret"}
         ok = client.post("/update/grad", json={**example, "column_offset": 0}, headers=headers)
         assert ok.status_code == 200
+        client.post("/update", json=example, headers=headers)
         metrics = client.get("/metrics").text
-        assert sample(metrics, "rlhf_update_requests_total", status="401", format="json") == 2
+        block = "rlhf_update_block_requests_total"
+        for path in ("/update/grad", "/update/apply"):
+            assert sample(metrics, block, route=path, status="401", format="json") == 1
+        assert sample(metrics, block, route="/update/grad", status="200", format="json") == 1
+        block_seconds = "rlhf_update_block_duration_seconds_count"
+        assert sample(metrics, block_seconds, route="/update/grad") == 2
+        # Blocks are not updates: the update series count the one POST /update alone.
         assert sample(metrics, "rlhf_update_requests_total", status="200", format="json") == 1
+        assert sample(metrics, "rlhf_update_duration_seconds_count") == 1
+        assert sample(metrics, "rlhf_update_kl_mean_count") == 1
+        with pytest.raises(KeyError):
+            sample(metrics, "rlhf_update_requests_total", status="401", format="json")
 
 
 def test_the_body_limit_holds_on_the_block_routes() -> None:

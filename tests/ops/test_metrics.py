@@ -29,6 +29,8 @@ NAMES = {
     "rlhf_update_queued": "gauge",
     "rlhf_update_rejected": "counter",
     "rlhf_update_kl_mean": "histogram",
+    "rlhf_update_block_requests": "counter",
+    "rlhf_update_block_duration_seconds": "histogram",
 }
 
 
