@@ -368,3 +368,39 @@ def test_a_whole_norm_that_overflows_is_the_single_servers_422(clip: float | Non
     assert sharded.title == single.title == UpdateOverflowProblem.title
     assert [e["loc"] for e in sharded.errors] == [e["loc"] for e in single.errors]
     assert [e["msg"] for e in sharded.errors] == [e["msg"] for e in single.errors]
+
+
+class _Late(HttpTransport):
+    """An HTTP transport whose answers come `delay` seconds late."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__("http://app", http_client=_app_client())
+        self.delay = delay
+
+    async def post(self, path: str, content: bytes, headers: Mapping[str, str]) -> BlockAnswer:
+        answer = await super().post(path, content, headers)
+        await _pause(self.delay)
+        return answer
+
+
+def test_the_error_of_the_first_failing_block_in_column_order_is_raised() -> None:
+    weights, rewards, policy, ref, grads = _arrays()
+    weights, grads = weights.copy(), grads.copy()
+    # A weight beyond float64 in block 0 and in block 1; block 0's answer comes last.
+    columns = [17, CHUNK_COLUMNS + 17]
+    coefficient = rewards - 0.1 * (policy - ref)
+    for column in columns:
+        grads[:, column] = 1e10 * np.sign(coefficient)
+        weights[column] = 1.7e308
+
+    async def scenario() -> UnprocessableEntityError:
+        transports = [_Late(0.3), _Late(0.0)]
+        client = AsyncShardedClient(transports=transports, block_columns=CHUNK_COLUMNS)
+        with pytest.raises(UnprocessableEntityError) as raised:
+            await client.update(weights, rewards, policy, ref, grads, beta=0.1, lr=1e299)
+        for transport in transports:
+            await transport.aclose()
+        return raised.value
+
+    error = asyncio.run(scenario())
+    assert error.errors[0]["loc"] == ["new_weights", columns[0]]
