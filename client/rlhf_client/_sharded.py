@@ -41,6 +41,7 @@ from rlhf_client._wire import (
     SAFETENSORS_MEDIA_TYPE,
     STATE_VECTORS,
     WireDtype,
+    as_state,
     check_update_arrays,
     encode_update,
     in_wire_dtype,
@@ -214,7 +215,8 @@ class AsyncShardedClient:
         if "column_offset" in options:
             msg = "column_offset is the sharded client's to set; leave it out"
             raise ValueError(msg)
-        state = _state_of(options.pop("optimizer_state", None), n)
+        sent_state = options.pop("optimizer_state", None)
+        state = None if sent_state is None else as_state(sent_state, n)
         width = await self._block_width(n)
         offsets = list(range(0, n, width))
         seconds = timeout.read if isinstance(timeout, httpx2.Timeout) else timeout
@@ -536,28 +538,6 @@ class _Answer:
         self.tensors = tensors
         self.metadata = metadata
         self.request_id = request_id
-
-
-def _state_of(value: Any, n: int) -> dict[str, Any] | None:
-    """The optimizer state as sent: its step and its (N,) float64 vectors, or None."""
-    if value is None:
-        return None
-    if not isinstance(value, Mapping):
-        msg = f"optimizer_state must be a dict (the one a result returned), not {value!r}"
-        raise ValueError(msg)
-    state: dict[str, Any] = {}
-    for key, item in value.items():
-        if item is None:
-            continue
-        if key == "step":
-            state["step"] = item
-            continue
-        array = np.asarray(item, dtype=np.float64)
-        if array.shape != (n,):
-            msg = f"optimizer_state[{key!r}] has shape {array.shape}; expected ({n},)"
-            raise ValueError(msg)
-        state[str(key)] = array
-    return state
 
 
 _DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2"}

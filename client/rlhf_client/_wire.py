@@ -29,6 +29,7 @@ __all__ = [
     "PreparedUpdate",
     "TransportName",
     "WireDtype",
+    "as_state",
     "check_update_arrays",
     "decode_json_object",
     "decode_update_response",
@@ -301,7 +302,7 @@ def _as_option(name: str, value: Any, batch: int, n: int) -> Any:
             raise ValueError(msg)
         return {str(k): _as_option(f"optimizer[{k!r}]", v, batch, n) for k, v in value.items()}
     if name == _STATE:
-        return _as_state(value, n)
+        return as_state(value, n)
     if name in _INTEGER_ARRAY_OPTIONS:
         ids = np.asarray(value)
         if ids.shape != (batch,) or ids.dtype.kind not in "iu":
@@ -334,7 +335,7 @@ _STEP_KEY = "optimizer_state.step"
 STATE_VECTORS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer")
 
 
-def _as_state(value: Any, n: int) -> dict[str, Any]:
+def as_state(value: Any, n: int) -> dict[str, Any]:
     """An optimizer state: its integer step and its vectors, float64 arrays of shape (N,)."""
     if not isinstance(value, Mapping):
         msg = f"optimizer_state must be a dict (the one a result returned), not {value!r}"

@@ -404,3 +404,31 @@ def test_the_error_of_the_first_failing_block_in_column_order_is_raised() -> Non
 
     error = asyncio.run(scenario())
     assert error.errors[0]["loc"] == ["new_weights", columns[0]]
+
+
+@pytest.mark.parametrize(
+    ("state", "match"),
+    [
+        pytest.param({"step": -1}, "expected an integer >= 0", id="negative-step"),
+        pytest.param({"step": 1, "exp_avg": np.zeros(3)}, r"expected \(", id="short-vector"),
+        pytest.param({"step": 1, "exp_avg": ["x"] * N}, "exp_avg", id="not-numbers"),
+    ],
+)
+def test_an_optimizer_state_is_checked_as_the_client_checks_it(
+    state: dict[str, Any], match: str
+) -> None:
+    class Unused(HttpTransport):
+        async def post(self, path: str, content: bytes, headers: Mapping[str, str]) -> BlockAnswer:
+            msg = "a refused state must not be sent"
+            raise AssertionError(msg)
+
+    async def scenario() -> None:
+        transport = Unused("http://app", http_client=_app_client())
+        client = AsyncShardedClient(transports=[transport], block_columns=CHUNK_COLUMNS)
+        with pytest.raises(ValueError, match=match):
+            await client.update(
+                *_arrays(), beta=0.1, lr=0.01, optimizer={"type": "adam"}, optimizer_state=state
+            )
+        await transport.aclose()
+
+    asyncio.run(scenario())
