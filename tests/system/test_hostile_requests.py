@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import struct
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from safetensors.numpy import save
 from scripts.live_server import LiveServer, live_server
 from tests.helpers.reference import EXAMPLE
 from tests.helpers.tensors import BINARY, example_tensors
+from tests.helpers.timing import healthz_probed
 
 pytestmark = pytest.mark.slow
 
@@ -144,28 +144,12 @@ def test_healthz_answers_within_100_ms_during_a_safetensors_request(
     server: LiveServer, build: Callable[[], bytes], status: int
 ) -> None:
     body = build()
-    latencies: list[float] = []
-    stop = threading.Event()
-
-    def probe() -> None:
-        with httpx2.Client(base_url=server.base_url, timeout=5) as client:
-            while not stop.is_set():
-                start = time.perf_counter()
-                assert client.get("/healthz").status_code == 200
-                latencies.append(time.perf_counter() - start)
-                time.sleep(0.005)
-
-    prober = threading.Thread(target=probe)
-    prober.start()
-    try:
+    with healthz_probed(server.base_url) as latencies:
         time.sleep(0.05)
         response = httpx2.post(
             f"{server.base_url}/update", content=body, headers=BINARY, timeout=60
         )
         time.sleep(0.05)
-    finally:
-        stop.set()
-        prober.join()
     assert response.status_code == status, response.text[:300]
     assert len(latencies) > 5
     assert max(latencies) < 0.1, f"/healthz took {max(latencies) * 1e3:.0f} ms"
