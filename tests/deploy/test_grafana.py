@@ -29,6 +29,8 @@ REQUIRED = {
     "rlhf_update_queued": "queue",
     "rlhf_update_kl_mean_bucket": "kl_mean over time",
     "rlhf_update_in_flight": "in flight",
+    "rlhf_update_block_requests_total": "sharded-update blocks",
+    "rlhf_update_block_duration_seconds_bucket": "block latency",
 }
 
 

@@ -162,7 +162,8 @@ def exported_series() -> dict[str, set[str]]:
     """Each sample name the app exports, with its labels: a scrape after a few updates.
 
     Updates as JSON and as safetensors succeed, one is refused for its token and one for its
-    body, so that every labelled series has appeared at least once.
+    body, and one block of a sharded update is answered, so that every labelled series has
+    appeared at least once.
     """
     token = "t"
     auth = {"Authorization": f"Bearer {token}"}
@@ -174,6 +175,9 @@ def exported_series() -> dict[str, set[str]]:
         assert client.post("/update", content=body, headers=auth | binary).status_code == 200
         assert client.post("/update", json=EXAMPLE).status_code == 401
         assert client.post("/update", content=b"{", headers=auth).status_code == 400
+        # A sharded update's block: the block series appear too.
+        block = {**EXAMPLE, "column_offset": 0}
+        assert client.post("/update/grad", json=block, headers=auth).status_code == 200
         text = client.get("/metrics").text
     labels: dict[str, set[str]] = defaultdict(set)
     for family in text_string_to_metric_families(text):
