@@ -20,7 +20,10 @@ SAFETENSORS = "application/x-safetensors"
 
 def _step(t: dict[str, np.ndarray]) -> np.ndarray:
     adjusted = t["rewards"] - float(t["beta"]) * (t["policy_log_probs"] - t["ref_log_probs"])
-    return t["weights"] + float(t["lr"]) * (adjusted @ t["log_prob_grads"]) / adjusted.size
+    new_weights: np.ndarray = (
+        t["weights"] + float(t["lr"]) * (adjusted @ t["log_prob_grads"]) / adjusted.size
+    )
+    return new_weights
 
 
 async def update(request: Request) -> Response:

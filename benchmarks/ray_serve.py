@@ -140,7 +140,8 @@ def _kill_replica(base_url: str, requests: int) -> tuple[int, int, float | None]
 
     def running() -> int:
         status = serve.status().applications[APP_NAME].deployments[DEPLOYMENT]
-        return int(status.replica_states.get("RUNNING", 0))
+        counts = {state.value: count for state, count in status.replica_states.items()}
+        return counts.get("RUNNING", 0)
 
     def traffic() -> list[int]:
         statuses = []
@@ -225,8 +226,8 @@ def main() -> None:
         print(f"\nmemory (PSS) of Ray with {REPLICAS} replicas, this driver not counted")
         print("| processes | count | PSS MiB |")
         print("| --- | ---: | ---: |")
-        for kind, values in sorted(pss.items(), key=lambda item: -sum(item[1])):
-            print(f"| {kind} | {len(values)} | {sum(values) / 2**20:.0f} |")
+        for kind, sizes in sorted(pss.items(), key=lambda item: -sum(item[1])):
+            print(f"| {kind} | {len(sizes)} | {sum(sizes) / 2**20:.0f} |")
         print(f"| all of Ray | {sum(len(v) for v in pss.values())} | {total / 2**20:.0f} |")
         driver_pss = _pss(psutil.Process())
         print(f"| this driver (the benchmark, a Ray driver) | 1 | {driver_pss / 2**20:.0f} |")
