@@ -29,6 +29,7 @@ from rlhf_client._client import DEFAULT_TIMEOUT, Timeout
 from rlhf_client._errors import (
     APIConnectionError,
     APIResponseError,
+    APIStatusError,
     RLHFClientError,
     UnprocessableEntityError,
 )
@@ -123,7 +124,8 @@ class AsyncShardedClient:
     cut into one block per transport, rounded up to the chunk. At most `max_concurrency`
     blocks (default: two per transport) are in flight, so the client holds that many
     bodies at a time. Each block is retried up to `max_retries` times on a failed
-    connection, a timeout, or a 408, 429, 502, 503 or 504.
+    connection, a timeout, or a 408, 429, 502, 503 or 504, and so is ``GET /info``, each
+    try on the next transport that reads it.
     """
 
     def __init__(
@@ -273,22 +275,37 @@ class AsyncShardedClient:
         return max(1, math.ceil(per_transport / chunk)) * chunk
 
     async def _read_chunk(self) -> int | None:
-        """``chunk_columns`` from the first transport that reads GET /info, or None."""
-        for transport in self.transports:
-            read = getattr(transport, "info", None)
-            if read is None:
-                continue
-            info = await read()
-            chunk = info.get("chunk_columns") if isinstance(info, dict) else None
-            if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
-                url = getattr(transport, "base_url", "the service")
-                msg = (
-                    f"{url} does not take sharded updates (GET /info has no chunk_columns); "
-                    "it is older than this client: upgrade it, or use Client"
-                )
-                raise RLHFClientError(msg)
-            return chunk
-        return None
+        """``chunk_columns`` from GET /info, or None when no transport reads it.
+
+        Read as a block is sent: a transport that cannot be reached, or that answers a
+        status worth retrying (a 503 while it starts, say), hands over to the next one that
+        reads GET /info, by the blocks' retry policy; an error past it is raised.
+        """
+        readers = [
+            (transport, read)
+            for transport in self.transports
+            if (read := getattr(transport, "info", None)) is not None
+        ]
+        if not readers:
+            return None
+        attempt = 0
+        while True:
+            transport, read = readers[attempt % len(readers)]
+            try:
+                info = await read()
+            except httpx2.TransportError as exc:
+                delay = self._retry.retry_after_error(attempt, exc)
+            except APIConnectionError as exc:
+                delay = self._retry.retry_after_unreachable(attempt, exc)
+            except APIStatusError as exc:
+                retry_in = self._retry.retry_after_response(attempt, exc.response)
+                if retry_in is None:
+                    raise
+                delay = retry_in
+            else:
+                return _chunk_columns(transport, info)
+            await asyncio.sleep(delay)
+            attempt += 1
 
     async def _each(
         self,
@@ -395,6 +412,19 @@ class AsyncShardedClient:
                 delay = retry_in
             await asyncio.sleep(delay)
             attempt += 1
+
+
+def _chunk_columns(transport: object, info: dict[str, Any] | None) -> int:
+    """The service's ``chunk_columns`` in a GET /info answer; the client's error without it."""
+    chunk = info.get("chunk_columns") if isinstance(info, dict) else None
+    if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
+        url = getattr(transport, "base_url", "the service")
+        msg = (
+            f"{url} does not take sharded updates (GET /info has no chunk_columns); "
+            "it is older than this client: upgrade it, or use Client"
+        )
+        raise RLHFClientError(msg)
+    return chunk
 
 
 class ShardedClient:

@@ -14,14 +14,17 @@ from rlhf_client import (
     APIConnectionError,
     AsyncClient,
     AsyncShardedClient,
+    AuthenticationError,
     BlockAnswer,
     HttpTransport,
+    ServiceUnavailableError,
     ShardedClient,
     UnprocessableEntityError,
     UpdateResult,
 )
 from rlhf_client._norms import norm_of_partials as client_norm
 from rlhf_client._sharded import UPDATE_OVERFLOW_TYPE
+from rlhf_client._wire import raise_for_status
 
 from app.core.norms import CHUNK_COLUMNS, chunk_partials, norm_of_partials
 from app.errors import PROBLEM_TYPE_PREFIX, UpdateOverflowProblem
@@ -204,6 +207,75 @@ def test_a_block_that_stays_down_is_the_clients_usual_error(
             await client.update(*_arrays(), beta=0.1, lr=0.01)
 
     asyncio.run(scenario())
+
+
+class _InfoDown(HttpTransport):
+    """A server whose GET /info cannot be reached (`connect`) or answers 503 or 404 first."""
+
+    def __init__(self, failures: list[str]) -> None:
+        super().__init__("http://app", http_client=_app_client())
+        self.failures = failures
+        self.reads = 0
+
+    async def info(self) -> dict[str, Any] | None:
+        self.reads += 1
+        if self.failures:
+            failure = self.failures.pop(0)
+            if failure == "connect":
+                msg = "connection refused"
+                raise httpx2.ConnectError(msg)
+            status = int(failure)
+            request = httpx2.Request("GET", "http://app/info")
+            answer = httpx2.Response(status, json={"status": status}, request=request)
+            raise_for_status(answer)
+        return await super().info()
+
+
+def test_info_is_read_from_the_next_server_when_one_is_down(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(asyncio, "sleep", _no_wait)
+    arrays = _arrays()
+
+    async def scenario() -> tuple[UpdateResult, UpdateResult, list[int]]:
+        transports = [_InfoDown(["connect"]), _InfoDown(["503"]), _InfoDown([])]
+        async with AsyncShardedClient(transports=transports, max_retries=2) as client:
+            got = await client.update(*arrays, beta=0.1, lr=0.01, max_grad_norm=1.0)
+        async with AsyncClient(http_client=_app_client(), transport="safetensors") as one:
+            expected = await one.update(*arrays, beta=0.1, lr=0.01, max_grad_norm=1.0)
+        for transport in transports:
+            await transport.aclose()
+        return expected, got, [t.reads for t in transports]
+
+    expected, got, reads = asyncio.run(scenario())
+    _assert_identical(expected, got)
+    assert reads == [1, 1, 1]
+
+
+@pytest.mark.parametrize(
+    ("failures", "error"),
+    [
+        (["connect"] * 3, APIConnectionError),
+        (["503"] * 3, ServiceUnavailableError),
+        # Not worth another try: the service's own word on /info.
+        (["401"], AuthenticationError),
+    ],
+    ids=["unreachable", "503", "401"],
+)
+def test_info_that_stays_unreadable_is_the_clients_usual_error(
+    monkeypatch: pytest.MonkeyPatch, failures: list[str], error: type[Exception]
+) -> None:
+    monkeypatch.setattr(asyncio, "sleep", _no_wait)
+
+    async def scenario() -> int:
+        transport = _InfoDown(list(failures))
+        client = AsyncShardedClient(transports=[transport], max_retries=2)
+        with pytest.raises(error):
+            await client.update(*_arrays(), beta=0.1, lr=0.01)
+        await transport.aclose()
+        return transport.reads
+
+    assert asyncio.run(scenario()) == len(failures)
 
 
 def test_a_422_of_a_block_names_the_global_index() -> None:
