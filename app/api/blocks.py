@@ -25,20 +25,14 @@ from starlette.concurrency import run_in_threadpool
 from ..core import UpdateOptions
 from ..core.norms import CHUNK_COLUMNS
 from ..errors import UnsupportedMediaTypeError
-from ..ops.context import RequestContext, current_context, scope_header
+from ..ops.context import RequestContext, current_context
 from ..wire import CODECS, json_codec, safetensors_codec
-from ..wire.media import (
-    JSON_MEDIA_TYPE,
-    SAFETENSORS_MEDIA_TYPE,
-    WireFormat,
-    require_identity_encoding,
-    response_format,
-    wire_format,
-)
+from ..wire.media import JSON_MEDIA_TYPE, SAFETENSORS_MEDIA_TYPE, WireFormat
 from ..wire.payload import StepPayload
 from ..wire.schemas import REFERENCE_EXAMPLE, UpdateRequest
 from .body import UploadBudget, read_body
 from .gate import ConcurrencyGate
+from .negotiation import negotiated_formats
 from .problems import problem_doc
 
 __all__ = ["APPLY_PATH", "GRAD_PATH", "install_block_routes"]
@@ -79,12 +73,6 @@ def _applied_answer(
     max_elements: int,
     context: RequestContext,
 ) -> bytes:
-    if request_format != "safetensors":
-        msg = (
-            f"{APPLY_PATH} takes a safetensors body only (Content-Type: "
-            f"{SAFETENSORS_MEDIA_TYPE}): a block's weights and gradient are binary data"
-        )
-        raise UnsupportedMediaTypeError(msg)
     with context.stage("decode"):
         payload = safetensors_codec.decode_apply_request(body, max_elements)
     with context.stage("compute"):
@@ -100,12 +88,10 @@ async def _serve(request: Request, work: _Work) -> Response:
     state = request.app.state
     uploads: UploadBudget = state.uploads
     gate: ConcurrencyGate = state.gate
+    request_format, answer_format = negotiated_formats(request.scope)
     body = await read_body(request, uploads, state.settings.body_timeout_seconds)
     try:
         async with gate:
-            request_format = wire_format(scope_header(request.scope, b"content-type"))
-            require_identity_encoding(request.headers.getlist("content-encoding"))
-            answer_format = response_format(scope_header(request.scope, b"accept"))
             context = current_context()
             if context is None:  # a wiring mistake: create_app installs the middleware
                 msg = "a block runs without a request context; wrap the app in RequestIdMiddleware"
@@ -127,6 +113,13 @@ async def update_grad(request: Request) -> Response:
 
 async def update_apply(request: Request) -> Response:
     """One block's clipped step: new weights and state, and the partials of its norms."""
+    # Refused before the body is read, as every answer the headers decide.
+    if negotiated_formats(request.scope)[0] != "safetensors":
+        msg = (
+            f"{APPLY_PATH} takes a safetensors body only (Content-Type: "
+            f"{SAFETENSORS_MEDIA_TYPE}): a block's weights and gradient are binary data"
+        )
+        raise UnsupportedMediaTypeError(msg)
     return await _serve(request, _applied_answer)
 
 

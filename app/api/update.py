@@ -15,23 +15,17 @@ from starlette.datastructures import State
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import InternalError
-from ..ops.context import RequestContext, current_context, scope_header, scope_header_values
+from ..ops.context import RequestContext, current_context, scope_header
 from ..settings import Settings
 from ..wire import CODECS
-from ..wire.media import (
-    JSON_MEDIA_TYPE,
-    SAFETENSORS_MEDIA_TYPE,
-    WireFormat,
-    require_identity_encoding,
-    response_format,
-    wire_format,
-)
+from ..wire.media import JSON_MEDIA_TYPE, SAFETENSORS_MEDIA_TYPE, WireFormat
 from ..wire.payload import UpdatePayload
 from ..wire.safetensors_codec import describe_layout
 from ..wire.schemas import REFERENCE_EXAMPLE, UpdateRequest, UpdateResponse
 from .body import UploadBudget, limited_chunks, read_body, read_chunks
 from .examples import ok_example, problem_examples
 from .gate import ConcurrencyGate
+from .negotiation import negotiated_formats
 from .problems import (
     PROBLEM_MEDIA_TYPE,
     problem_doc,
@@ -177,9 +171,10 @@ async def update(request: Request) -> Response:
     # The token, when one is set, was checked (a dependency) before the body is read.
     state = request.app.state
     settings: Settings = state.settings
+    formats = negotiated_formats(request.scope)
     body = await read_body(request, state.uploads, settings.body_timeout_seconds)
-    answer, answer_format = await _answer_held(request.scope, body, state)
-    return Response(answer, media_type=_MEDIA_TYPES[answer_format])
+    answer = await _answer_held(body, formats, state)
+    return Response(answer, media_type=_MEDIA_TYPES[formats[1]])
 
 
 class DirectUpdate:
@@ -218,11 +213,12 @@ class DirectUpdate:
             await send(message)
 
         try:
+            formats = negotiated_formats(scope)
             chunks = limited_chunks(
                 receive, scope_header(scope, b"content-length"), self._max_body_size
             )
             body = await read_chunks(chunks, self._uploads, self._body_timeout)
-            answer, answer_format = await _answer_held(scope, body, self.state)
+            answer = await _answer_held(body, formats, self.state)
         except Exception as exc:
             problem = request_problem(exc, scope["method"], scope["path"])
             if problem is exc or not isinstance(problem, InternalError):
@@ -239,14 +235,16 @@ class DirectUpdate:
                 "status": 200,
                 "headers": [
                     (b"content-length", str(len(answer)).encode()),
-                    _CONTENT_TYPE_HEADERS[answer_format],
+                    _CONTENT_TYPE_HEADERS[formats[1]],
                 ],
             }
         )
         await send({"type": "http.response.body", "body": answer})
 
 
-async def _answer_held(scope: Scope, body: bytearray, state: State) -> tuple[bytes, WireFormat]:
+async def _answer_held(
+    body: bytearray, formats: tuple[WireFormat, WireFormat], state: State
+) -> bytes:
     """The answer to a body that has arrived whole (and is held in the upload budget).
 
     Upload and compute are separate resources: the body is received within the upload
@@ -258,15 +256,15 @@ async def _answer_held(scope: Scope, body: bytearray, state: State) -> tuple[byt
     settings: Settings = state.settings
     try:
         async with gate:
-            return await _update(scope, body, settings.max_elements)
+            return await _update(body, formats, settings.max_elements)
     finally:
         uploads.give_back(len(body))
 
 
-async def _update(scope: Scope, body: bytearray, max_elements: int) -> tuple[bytes, WireFormat]:
-    request_format = wire_format(scope_header(scope, b"content-type"))
-    require_identity_encoding(scope_header_values(scope, b"content-encoding"))
-    answer_format = response_format(scope_header(scope, b"accept"))
+async def _update(
+    body: bytearray, formats: tuple[WireFormat, WireFormat], max_elements: int
+) -> bytes:
+    request_format, answer_format = formats
     context = current_context()
     if context is None:  # a wiring mistake, not a client's: create_app installs the middleware
         msg = "/update runs without a request context; wrap the app in RequestIdMiddleware"
@@ -281,7 +279,7 @@ async def _update(scope: Scope, body: bytearray, max_elements: int) -> tuple[byt
             answer = _computed(payload, answer_format, context)
         else:
             answer = await run_in_threadpool(_computed, payload, answer_format, context)
-    return answer, answer_format
+    return answer
 
 
 _MEDIA_TYPES: dict[WireFormat, str] = {

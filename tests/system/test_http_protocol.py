@@ -312,6 +312,36 @@ def test_a_413_counted_while_streaming_closes_without_reading_the_rest(
     assert sent < 32 * 2**20
 
 
+@pytest.mark.parametrize("path", ["/update", "/update/grad", "/update/apply"])
+@pytest.mark.parametrize(
+    ("header", "status", "slug"),
+    [
+        (b"Content-Type: text/plain", 415, "unsupported-media-type"),
+        (
+            b"Content-Type: application/json\r\nContent-Encoding: gzip",
+            415,
+            "unsupported-media-type",
+        ),
+        (b"Content-Type: application/json; charset=latin-1", 415, "unsupported-media-type"),
+    ],
+    ids=["content-type", "content-encoding", "charset"],
+)
+def test_what_the_headers_refuse_is_answered_before_the_body_arrives(
+    server: LiveServer, path: str, header: bytes, status: int, slug: str
+) -> None:
+    # 4000 bytes declared (within the limit), 10 sent: the rest never comes.
+    request = b"POST %s HTTP/1.1\r\nHost: test\r\n%s\r\nContent-Length: 4000\r\n\r\n%s" % (
+        path.encode(),
+        header,
+        b"{" * 10,
+    )
+    with connect(server.base_url) as sock:
+        sock.sendall(request)
+        answer = read_to_end(sock, wait=3)
+    assert_refused(answer, status, slug)
+    assert answer.seconds < 1
+
+
 def test_a_body_within_the_limit_is_still_read_and_answered(server: LiveServer) -> None:
     body = b'{"weights": [1]}' + b" " * 4000
     request = (
