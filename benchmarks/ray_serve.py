@@ -140,7 +140,10 @@ def _kill_replica(base_url: str, requests: int) -> tuple[int, int, float | None]
 
     def running() -> int:
         status = serve.status().applications[APP_NAME].deployments[DEPLOYMENT]
-        counts = {state.value: count for state, count in status.replica_states.items()}
+        # Serve's schema types the keys as ReplicaState; they arrive as plain strings.
+        counts = {
+            str(getattr(state, "value", state)): n for state, n in status.replica_states.items()
+        }
         return counts.get("RUNNING", 0)
 
     def traffic() -> list[int]:
