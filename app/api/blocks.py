@@ -83,12 +83,15 @@ def _applied_answer(
         return safetensors_codec.encode_applied(result)
 
 
-async def _serve(request: Request, work: _Work) -> Response:
-    """Read the body within the upload budget, then compute in a worker thread, in a slot."""
+async def _serve(request: Request, work: _Work, formats: tuple[WireFormat, WireFormat]) -> Response:
+    """Read the body within the upload budget, then compute in a worker thread, in a slot.
+
+    `formats` are the body's and the answer's, from the headers (`negotiated_formats`).
+    """
     state = request.app.state
     uploads: UploadBudget = state.uploads
     gate: ConcurrencyGate = state.gate
-    request_format, answer_format = negotiated_formats(request.scope)
+    request_format, answer_format = formats
     body = await read_body(request, uploads, state.settings.body_timeout_seconds)
     try:
         async with gate:
@@ -108,19 +111,20 @@ async def _serve(request: Request, work: _Work) -> Response:
 
 async def update_grad(request: Request) -> Response:
     """One block's gradient before clipping, its norm partials and the batch's stats."""
-    return await _serve(request, _gradient_answer)
+    return await _serve(request, _gradient_answer, negotiated_formats(request.scope))
 
 
 async def update_apply(request: Request) -> Response:
     """One block's clipped step: new weights and state, and the partials of its norms."""
+    formats = negotiated_formats(request.scope)
     # Refused before the body is read, as every answer the headers decide.
-    if negotiated_formats(request.scope)[0] != "safetensors":
+    if formats[0] != "safetensors":
         msg = (
             f"{APPLY_PATH} takes a safetensors body only (Content-Type: "
             f"{SAFETENSORS_MEDIA_TYPE}): a block's weights and gradient are binary data"
         )
         raise UnsupportedMediaTypeError(msg)
-    return await _serve(request, _applied_answer)
+    return await _serve(request, _applied_answer, formats)
 
 
 def _binary(description: str) -> dict[str, Any]:

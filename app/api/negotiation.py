@@ -13,8 +13,9 @@ __all__ = ["negotiated_formats"]
 def negotiated_formats(scope: Scope) -> tuple[WireFormat, WireFormat]:
     """The body's wire format and the answer's, from Content-Type, Content-Encoding, Accept.
 
-    Called before the body is read: a request that these headers refuse (415, 406) is
-    answered without a byte of its body read or held, however large it is.
+    Called before the body is read: a request these headers refuse (a 415) is answered
+    without a byte of its body read or held, however large it is. Accept refuses nothing:
+    an answer it does not name is JSON.
     """
     request_format = wire_format(scope_header(scope, b"content-type"))
     require_identity_encoding(scope_header_values(scope, b"content-encoding"))
