@@ -27,7 +27,6 @@ from typing import Any
 import httpx2
 from starlette.types import ASGIApp, Message
 
-from app.core import compute_update
 from app.main import create_app
 from app.ops.context import open_context
 from app.ops.log_config import log_config
@@ -108,13 +107,6 @@ def _stages(body: bytes) -> dict[str, float]:
     held = bytearray(body)
     payload = json_codec.decode_request(held)
     result = payload.compute()
-    arrays = (
-        payload.weights,
-        payload.rewards,
-        payload.policy_log_probs,
-        payload.ref_log_probs,
-        payload.log_prob_grads,
-    )
     # Only its bookkeeping runs here: the app it wraps is never called.
     observer = UpdateObserver(floor.app, UpdateMetrics())
     stages: dict[str, float] = {}
@@ -136,9 +128,7 @@ def _stages(body: bytes) -> dict[str, float]:
             )
 
         stages["typed decode"] = _best(lambda: json_codec.decode_request(held))
-        stages["update (compute_update)"] = _best(
-            lambda: compute_update(*arrays, beta=payload.beta, lr=payload.lr)
-        )
+        stages["update"] = _best(payload.compute)
         stages["encode"] = _best(lambda: json_codec.encode_response(result))
         stages["metrics and log line"] = _best(record)
     return stages
