@@ -4,7 +4,7 @@ Imports nothing of the service outside this package: no HTTP, no Pydantic, no I/
 """
 
 from .inputs import ARRAY_SHAPES, shape_text
-from .options import UpdateOptions
+from .options import DEFAULT_OPTIONS, UpdateOptions
 from .results import (
     MAX_LISTED_PROBLEMS,
     AnyFloatArray,
@@ -23,6 +23,7 @@ from .update import compute_update, in_weights_dtype, rlhf_weight_update
 
 __all__ = [
     "ARRAY_SHAPES",
+    "DEFAULT_OPTIONS",
     "MAX_LISTED_PROBLEMS",
     "AnyFloatArray",
     "InputProblem",

@@ -8,12 +8,13 @@ invalid="ignore")``, as `app.core.update` sets it.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import numpy as np
 
 from .options import Baseline, Groups, GrpoScale, KlEstimatorName
-from .results import FloatArray
-from .stable import clamp, mean, power_of_two_scale, sample_std
+from .results import FloatArray, KlEstimates
+from .stable import clamp, mean, power_of_two_scale, sample_std, scaled_sum_of_squares
 
 __all__ = [
     "GRPO_EPS",
@@ -22,6 +23,7 @@ __all__ = [
     "advantages",
     "group_means",
     "kl_estimate",
+    "kl_estimate_means",
     "whiten",
 ]
 
@@ -82,6 +84,32 @@ def kl_estimate(log_ratio: FloatArray, estimator: KlEstimatorName) -> FloatArray
         return np.abs(log_ratio)
     msg = f"unknown KL estimator {estimator!r}"
     raise ValueError(msg)
+
+
+def kl_estimate_means(log_ratio: FloatArray, known: Mapping[KlEstimatorName, float]) -> KlEstimates:
+    """The batch means of k1, k2 and k3, each None where it is not finite.
+
+    Those in `known` (the update's own estimator's mean, computed already) are taken as
+    they are.
+
+    Examples
+    --------
+    >>> kl_estimate_means(np.array([0.5, -0.5]), {})
+    KlEstimates(k1=0.0, k2=0.125, k3=0.12762596520638078)
+    """
+    names: tuple[KlEstimatorName, ...] = ("k1", "k2", "k3")
+    means = [known[name] if name in known else _kl_estimate_mean(log_ratio, name) for name in names]
+    k1, k2, k3 = (value if math.isfinite(value) else None for value in means)
+    return KlEstimates(k1=k1, k2=k2, k3=k3)
+
+
+def _kl_estimate_mean(log_ratio: FloatArray, estimator: KlEstimatorName) -> float:
+    """The batch mean of one estimator's per-sample estimates."""
+    if estimator == "k2":
+        # mean(d**2 / 2) from one product, scaled so that the squares cannot overflow.
+        scale, squares = scaled_sum_of_squares(log_ratio)
+        return 0.5 * scale * (scale * (squares / log_ratio.size))
+    return mean(kl_estimate(log_ratio, estimator))
 
 
 def _k3(bounded: FloatArray) -> FloatArray:

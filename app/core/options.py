@@ -16,6 +16,7 @@ from .results import Loc
 
 __all__ = [
     "BASELINES",
+    "DEFAULT_OPTIONS",
     "FLOAT_SAMPLE_OPTIONS",
     "GRPO_SCALES",
     "INTEGER_SAMPLE_OPTIONS",
@@ -178,6 +179,12 @@ class UpdateOptions:
     def eps_high(self) -> float:
         """`clip_eps_high`, which defaults to `clip_eps_low`."""
         return float(self.clip_eps_low if self.clip_eps_high is None else self.clip_eps_high)
+
+
+# Every option at its default, one shared instance: the decoders answer it for a request
+# that sends no option, and `compute_update` knows it by identity (options compare by
+# identity, as their arrays would not compare as one truth value).
+DEFAULT_OPTIONS = UpdateOptions()
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,15 +13,16 @@ from typing import Any, TypeVar, cast
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from .advantages import advantages, kl_estimate, whiten
+from .advantages import advantages, kl_estimate, kl_estimate_means, whiten
 from .aggregation import aggregation
 from .inputs import CheckedInputs, check_inputs, check_step_inputs
 from .kernel import weighted_row_sum
 from .kl_loss import KlLossTerms, kl_loss_terms
 from .norms import chunk_partials, norm_of_partials
 from .optimizers import OptimizerState, StateVector, optimizer_step, takes_plain_step
-from .options import KlEstimatorName, UpdateOptions
+from .options import DEFAULT_OPTIONS, KlEstimatorName, UpdateOptions
 from .overflow import first_non_finite, require_finite, require_finite_stats
+from .plain import plain_update
 from .policy_loss import PolicyTerms, policy_coefficients
 from .results import (
     AppliedStep,
@@ -30,7 +31,6 @@ from .results import (
     GradientResult,
     InputProblem,
     InvalidInputError,
-    KlEstimates,
     UpdateError,
     UpdateOverflowError,
     UpdateResult,
@@ -42,7 +42,6 @@ from .stable import (
     mean,
     mean_product,
     sample_std,
-    scaled_sum_of_squares,
 )
 from .tis import TisWeights, tis_weights
 
@@ -199,7 +198,13 @@ def compute_update(
     AdaptiveKLController): ``beta * (1 + clip(kl_mean / target_kl - 1, -0.2, 0.2) * B /
     kl_horizon)``.
     """
-    options = options or UpdateOptions()
+    if options is None or options is DEFAULT_OPTIONS:
+        plain = plain_update(
+            weights, rewards, policy_log_probs, ref_log_probs, log_prob_grads, beta, lr
+        )
+        if plain is not None:
+            return plain
+    options = options or DEFAULT_OPTIONS
     batch = _batch_terms(
         weights, rewards, policy_log_probs, ref_log_probs, log_prob_grads, beta, lr, options
     )
@@ -264,7 +269,7 @@ def compute_gradient(
     InvalidInputError, UpdateOverflowError
         As `compute_update`, a column named by its index in the whole vector.
     """
-    options = options or UpdateOptions()
+    options = options or DEFAULT_OPTIONS
     batch = _batch_terms(
         weights, rewards, policy_log_probs, ref_log_probs, log_prob_grads, beta, lr, options
     )
@@ -315,7 +320,7 @@ def apply_gradient(
     UpdateOverflowError
         When a new weight or state entry overflows, naming its index in the whole.
     """
-    options = options or UpdateOptions()
+    options = options or DEFAULT_OPTIONS
     checked = check_step_inputs(weights, grad, lr=lr, grad_norm=grad_norm, options=options)
     step, _ = _step(
         checked.arrays["weights"],
@@ -551,7 +556,7 @@ def _stats(
         clipped=clipped,
         update_norm=update_norm,
         next_beta=_next_beta(checked.beta, kl_mean, r.size, batch.options),
-        kl_estimates=_kl_estimates(batch.log_ratio, batch.own_estimate),
+        kl_estimates=kl_estimate_means(batch.log_ratio, batch.own_estimate),
         ratio=batch.terms.stats,
         kl_loss_mean=None if batch.kl_loss is None else batch.kl_loss.mean,
         tis=None if batch.tis is None else batch.tis.stats,
@@ -588,23 +593,6 @@ def _next_beta(
         return None
     error = min(max(kl_mean / float(options.target_kl) - 1.0, -0.2), 0.2)
     return beta * (1.0 + error * batch_size / float(options.kl_horizon))
-
-
-def _kl_estimates(log_ratio: FloatArray, known: dict[KlEstimatorName, float]) -> KlEstimates:
-    """The batch means of k1, k2 and k3; those in `known` are taken as they are."""
-    names: tuple[KlEstimatorName, ...] = ("k1", "k2", "k3")
-    means = [known[name] if name in known else _kl_estimate_mean(log_ratio, name) for name in names]
-    k1, k2, k3 = (value if math.isfinite(value) else None for value in means)
-    return KlEstimates(k1=k1, k2=k2, k3=k3)
-
-
-def _kl_estimate_mean(log_ratio: FloatArray, estimator: KlEstimatorName) -> float:
-    """The batch mean of one estimator's per-sample estimates."""
-    if estimator == "k2":
-        # mean(d**2 / 2) from one product, scaled so that the squares cannot overflow.
-        scale, squares = scaled_sum_of_squares(log_ratio)
-        return 0.5 * scale * (scale * (squares / log_ratio.size))
-    return mean(kl_estimate(log_ratio, estimator))
 
 
 def in_weights_dtype(
