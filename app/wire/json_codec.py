@@ -7,8 +7,12 @@ those straight into float64 buffers. The number of elements is known from the st
 so RLHF_MAX_ELEMENTS is checked before the gradient matrix is parsed or allocated, and one
 row is parsed at a time, so what the parser holds stays the size of a row.
 
-Smaller bodies, and those the fast path does not take whole (integers beyond 64 bits,
-which pysimdjson does not parse, and every invalid body), go to msgspec's typed decode
+Bodies up to 16 KiB that send no option are parsed whole by pysimdjson (`decode_plain`):
+one document, each array read into a float64 buffer, the rows' lengths and the count of
+brackets checked, so that a ragged or nested array never passes as a flat one.
+
+Bodies neither path takes whole (integers beyond 64 bits, which pysimdjson does not parse,
+small bodies with options, and every invalid body) go to msgspec's typed decode
 into lists of floats (`json_fields.RequestFields`). There the few algorithm options, kept
 as raw JSON, are read by the Pydantic model of the options (`json_refusal.read_options`);
 a body of the right types whose values break a rule (empty arrays, rows of the wrong
@@ -21,6 +25,7 @@ float64. The README's Performance section has the measurements behind this split
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
@@ -30,7 +35,7 @@ import orjson
 import simdjson
 from numpy.typing import NDArray
 
-from ..core import InputProblem, UpdateOptions, UpdateResult
+from ..core import DEFAULT_OPTIONS, InputProblem, UpdateOptions, UpdateResult
 from ..core.results import AppliedStep, GradientResult
 from ..errors import InvalidPayloadError, MalformedJsonError
 from .json_fields import FLOAT, SCALARS, RequestFields
@@ -51,7 +56,14 @@ from .partials import GRAD_PARTIALS, partials_fields
 from .payload import UpdatePayload
 from .stats import batch_stats_as_dict, stats_as_dict
 
-__all__ = ["decode_fast", "decode_request", "encode_applied", "encode_gradient", "encode_response"]
+__all__ = [
+    "decode_fast",
+    "decode_plain",
+    "decode_request",
+    "encode_applied",
+    "encode_gradient",
+    "encode_response",
+]
 
 # The 1-D arrays of the request, in the order the fast path reads them; one name each (an
 # UpdatePayload field of the same name receives it, on both paths).
@@ -95,6 +107,8 @@ _RAW_DECODER: msgspec.json.Decoder[Any] = msgspec.json.Decoder(
         forbid_unknown_fields=True,
     )
 )
+# The fields of a body that sends no option: `decode_plain` reads these bodies whole.
+_PLAIN_FIELDS = frozenset((*_VECTORS, _MATRIX, *SCALARS))
 # The narrowest float orjson prints itself (as its shortest round trip).
 _SHORTEST_PRINTED = np.dtype(np.float32)
 # What pysimdjson raises on anything but numbers: a non-number, a literal beyond float64
@@ -113,7 +127,8 @@ def decode_request(body: bytes | bytearray, max_elements: int | None = None) -> 
         msg = "request body is empty; expected a JSON object"
         raise MalformedJsonError(msg)
     if len(body) <= _TYPED_BYTES:
-        return _decode_typed(body, max_elements)
+        payload = decode_plain(body, max_elements)
+        return _decode_typed(body, max_elements) if payload is None else payload
     # Every later use of the count of brackets reads this one.
     brackets = _count(body, b"[")
     if len(body) > _COUNTED_BODY_BYTES:
@@ -123,6 +138,60 @@ def decode_request(body: bytes | bytearray, max_elements: int | None = None) -> 
         if payload is not None:
             return payload
     return _decode_typed(body, max_elements)
+
+
+def decode_plain(body: bytes | bytearray, max_elements: int | None) -> UpdatePayload | None:
+    """The payload of a small valid body that sends no option, parsed whole by pysimdjson.
+
+    None for any other body, which the typed decode then reads (and words, if it refuses
+    it): one with options, fields missing, unknown or repeated, a scalar that is not a
+    number >= 0, an empty array, a row of another length than the weights, or anything
+    pysimdjson does not parse into numbers. The count of brackets proves each array flat.
+    """
+    try:
+        document = simdjson.Parser().parse(body)
+        if not isinstance(document, simdjson.Object):
+            return None
+        keys = list(document.keys())
+        if len(keys) != len(_PLAIN_FIELDS) or not _PLAIN_FIELDS.issuperset(keys):
+            return None
+        beta, lr = (_plain_scalar(document[name]) for name in SCALARS)
+        rows = document[_MATRIX]
+        vectors = [document[name] for name in _VECTORS]
+        arrays = [v for v in vectors if isinstance(v, simdjson.Array) and len(v)]
+        if (
+            beta is None
+            or lr is None
+            or not isinstance(rows, simdjson.Array)
+            or len(arrays) != len(_VECTORS)
+            or body.count(b"[") != len(_VECTORS) + 1 + len(rows)
+        ):
+            return None
+        n = len(arrays[0])
+        if not all(isinstance(row, simdjson.Array) and len(row) == n for row in rows):
+            return None
+        if max_elements is not None:
+            check_element_count(len(arrays[1]), n, len(rows) * n, max_elements)
+        parsed = {
+            name: np.frombuffer(array.as_buffer(of_type="d"), dtype=np.float64)
+            for name, array in zip(_VECTORS, arrays, strict=True)
+        }
+        grads = np.frombuffer(rows.as_buffer(of_type="d"), dtype=np.float64).reshape(-1, n)
+    except _SIMDJSON_ERRORS:
+        return None
+    # Each vector by its name: a name added to _VECTORS reaches the payload field of that name.
+    fields: dict[str, Any] = parsed
+    return UpdatePayload(**fields, log_prob_grads=grads, beta=beta, lr=lr, options=DEFAULT_OPTIONS)
+
+
+def _plain_scalar(value: object) -> float | None:
+    """beta or lr as the typed decode reads it, when it is a finite number >= 0."""
+    # bool is an int to Python, not a number to JSON.
+    if type(value) is int or type(value) is float:
+        number = float(value)
+        if math.isfinite(number) and number >= 0:
+            return number
+    return None
 
 
 def _count(body: bytes | bytearray, byte: bytes) -> int:

@@ -24,7 +24,13 @@ import msgspec
 import numpy as np
 from pydantic import ValidationError
 
-from ..core import MAX_LISTED_PROBLEMS, InputProblem, UpdateOptions, format_loc
+from ..core import (
+    DEFAULT_OPTIONS,
+    MAX_LISTED_PROBLEMS,
+    InputProblem,
+    UpdateOptions,
+    format_loc,
+)
 from ..core.results import Loc
 from ..errors import InvalidPayloadError, MalformedJsonError, ProblemError
 from .json_fields import ARRAYS, FIELD_DECODERS, SCALARS
@@ -254,7 +260,7 @@ def read_options(
     infinity (NaN for NaN), which it refuses in the words of any non-finite number.
     """
     if not raws:
-        return UpdateOptions(), []
+        return DEFAULT_OPTIONS, []
     values: dict[str, Any] = {}
     problems: list[InputProblem] = []
     for name, raw in raws.items():

@@ -27,7 +27,14 @@ from pydantic import ValidationError
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save
 
-from ..core import ARRAY_SHAPES, InputProblem, UpdateOptions, UpdateResult, shape_text
+from ..core import (
+    ARRAY_SHAPES,
+    DEFAULT_OPTIONS,
+    InputProblem,
+    UpdateOptions,
+    UpdateResult,
+    shape_text,
+)
 from ..core.optimizers import STATE_VECTORS, OptimizerState
 from ..core.options import (
     FLOAT_SAMPLE_OPTIONS,
@@ -311,7 +318,7 @@ def _options_from_binary(metadata: dict[str, str], tensors: dict[str, Any]) -> U
     "1.0" as a number and "true" as a boolean; a `reward_clip` pair is JSON text.
     """
     if not metadata and not tensors:  # the defaults, as the JSON path reads no options
-        return UpdateOptions()
+        return DEFAULT_OPTIONS
     problems = []
     for key in metadata:
         if key not in _METADATA_OPTIONS:

@@ -1,4 +1,7 @@
-"""The JSON fast path: numbers straight into float64 buffers, exactly as Python reads them.
+"""The JSON fast paths: numbers straight into float64 buffers, exactly as Python reads them.
+
+Both take only what they can read whole and leave the rest (None) to the typed decode:
+`decode_fast` for bodies over 16 KiB, `decode_plain` for smaller ones that send no option.
 
 The reference is independent of every decoder under test: Python's `float()` of each
 literal as written (for an integer literal, `float(int(literal))`: JSON's `-0` is the
@@ -8,6 +11,7 @@ integer 0, and every path of the service, like msgspec and Pydantic, reads it as
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -15,8 +19,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from app.core import DEFAULT_OPTIONS
 from app.errors import InvalidPayloadError, TooManyElementsError
-from app.wire.json_codec import decode_fast, decode_request
+from app.wire.json_codec import decode_fast, decode_plain, decode_request
+from app.wire.payload import UpdatePayload
+
+# Each fast path, by name; both must read and refuse alike.
+DECODERS = pytest.mark.parametrize("decoder", [decode_fast, decode_plain], ids=["fast", "plain"])
+Decoder = Callable[[bytes, int | None], UpdatePayload | None]
 
 # The length above which an array is parsed in pieces is 1 MiB of text.
 PIECE_BYTES = 1 << 20
@@ -75,9 +85,10 @@ CORPUS = [
 ]
 
 
-def test_the_corpus_takes_the_fast_path_and_reads_as_python_does() -> None:
+@DECODERS
+def test_the_corpus_takes_the_fast_path_and_reads_as_python_does(decoder: Decoder) -> None:
     weights = "[" + ", ".join(CORPUS) + "]"
-    payload = decode_fast(body_of(weights), None)
+    payload = decoder(body_of(weights), None)
     assert payload is not None
     expected = bits([reference(literal) for literal in CORPUS])
     assert payload.weights.tobytes() == expected
@@ -99,21 +110,23 @@ literal = st.one_of(
 )
 
 
+@DECODERS
 @settings(deadline=None)  # no wall-clock limit on a shared machine
 @given(literals=st.lists(literal, min_size=1, max_size=30))
-def test_any_literal_reads_as_python_reads_it(literals: list[str]) -> None:
+def test_any_literal_reads_as_python_reads_it(decoder: Decoder, literals: list[str]) -> None:
     expected = [reference(text) for text in literals]
     finite = all(np.isfinite(expected))
     weights = "[" + ",".join(literals) + "]"
     body = body_of(weights)
     if finite:
-        payload = decode_fast(body, None)
+        payload = decoder(body, None)
         assert payload is not None
         assert payload.weights.tobytes() == bits(expected)
         assert payload.log_prob_grads[0].tobytes() == bits(expected)
+        assert decode_request(body).weights.tobytes() == bits(expected)
     else:
         # A literal beyond float64 (e.g. 1e999) is refused, by the fast path and in all.
-        assert decode_fast(body, None) is None
+        assert decoder(body, None) is None
         with pytest.raises(InvalidPayloadError):
             decode_request(body)
 
@@ -142,9 +155,12 @@ def test_a_literal_longer_than_a_piece_is_read_exactly_by_the_typed_path() -> No
 @pytest.mark.parametrize(
     "big", ["18446744073709551616", "-9223372036854775809", "1" + "0" * 30, "-" + "9" * 25]
 )
-def test_integers_beyond_64_bits_go_to_the_typed_path_and_read_exactly(big: str) -> None:
+@DECODERS
+def test_integers_beyond_64_bits_go_to_the_typed_path_and_read_exactly(
+    decoder: Decoder, big: str
+) -> None:
     body = body_of(f"[{big}, 2]")
-    assert decode_fast(body, None) is None
+    assert decoder(body, None) is None
     payload = decode_request(body)
     assert payload.weights.tobytes() == bits([float(int(big)), 2.0])
     assert payload.log_prob_grads.tobytes() == bits([float(int(big)), 2.0] * 2)
@@ -159,11 +175,12 @@ def test_integers_beyond_64_bits_go_to_the_typed_path_and_read_exactly(big: str)
         pytest.param("[1, 2, 3]", ["[1, 2, 3]", "[4, 5]"], 1, 2, id="one-short"),
     ],
 )
+@DECODERS
 def test_ragged_rows_never_pass_as_a_matrix(
-    weights: str, rows: list[str], index: int, entries: int
+    decoder: Decoder, weights: str, rows: list[str], index: int, entries: int
 ) -> None:
     body = body_of(weights, rows)
-    assert decode_fast(body, None) is None
+    assert decoder(body, None) is None
     with pytest.raises(InvalidPayloadError) as info:
         decode_request(body)
     problem = info.value.problems[0]
@@ -184,30 +201,64 @@ def test_ragged_rows_never_pass_as_a_matrix(
         pytest.param({"weights": "[1, null]"}, ("weights", 1), id="null"),
         pytest.param({"weights": "[]"}, None, id="empty"),
         pytest.param({"beta": "-1"}, ("beta",), id="negative-beta"),
+        pytest.param({"lr": "true"}, ("lr",), id="boolean-lr"),
+        pytest.param({"beta": '"0.5"'}, ("beta",), id="string-beta"),
+        pytest.param({"beta": "[0.5]"}, ("beta",), id="array-beta"),
+        pytest.param({"lr": "1e999"}, None, id="lr-beyond-float64"),
+        pytest.param({"extra": "[1]"}, None, id="unknown-field"),
     ],
 )
+@DECODERS
 def test_bodies_the_fast_path_refuses_get_the_worded_errors(
-    fields: dict[str, str], loc: tuple[Any, ...] | None
+    decoder: Decoder, fields: dict[str, str], loc: tuple[Any, ...] | None
 ) -> None:
     body = body_of("[1, 2]", **fields)
-    assert decode_fast(body, None) is None
+    assert decoder(body, None) is None
     with pytest.raises(InvalidPayloadError) as info:
         decode_request(body)
     if loc is not None:
         assert info.value.problems[0].loc == loc
 
 
-def test_the_element_limit_is_checked_before_the_matrix_is_parsed() -> None:
+@DECODERS
+def test_a_repeated_field_is_left_to_the_typed_decode(decoder: Decoder) -> None:
+    # Which of the two a parser keeps is its own choice: the typed decode's is the answer.
+    body = body_of("[1, 2]", rewards='[5, 5], "rewards": [7, 7]')
+    assert decoder(body, None) is None
+    assert decode_request(body).rewards.tolist() == [7.0, 7.0]
+
+
+def test_a_small_body_with_options_is_left_to_the_typed_decode() -> None:
+    body = body_of("[1, 2]", max_grad_norm="0.5")
+    assert decode_plain(body, None) is None
+    assert decode_request(body).options.max_grad_norm == 0.5
+    plain = decode_plain(body_of("[1, 2]"), None)
+    assert plain is not None
+    assert plain.options is DEFAULT_OPTIONS
+
+
+@pytest.mark.parametrize(("text", "value"), [("2", 2.0), ("0", 0.0), ("-0", 0.0), ("1e-3", 1e-3)])
+def test_scalars_read_as_the_typed_decode_reads_them(text: str, value: float) -> None:
+    body = body_of("[1, 2]", beta=text, lr=text)
+    plain = decode_plain(body, None)
+    assert plain is not None
+    assert (type(plain.beta), repr(plain.beta), repr(plain.lr)) == (float, repr(value), repr(value))
+
+
+@DECODERS
+def test_the_element_limit_is_checked_before_the_matrix_is_parsed(decoder: Decoder) -> None:
     # Row 1 is not even numbers: the limit answers first, so it was never parsed.
     body = body_of("[1, 2, 3]", ["[1, 2, 3]", '[1, "x", 3]'])
     with pytest.raises(TooManyElementsError) as info:
-        decode_fast(body, max_elements=10)
+        decoder(body, 10)
     assert "B*N + B + N = 11 elements (B = 2, N = 3)" in str(info.value)
+    with pytest.raises(TooManyElementsError):
+        decode_request(body, max_elements=10)
     # decode_request takes the fast path for bodies over 16 KiB: whitespace makes this one so.
     padded = body + b" " * (16 * 1024)
     with pytest.raises(TooManyElementsError):
         decode_request(padded, max_elements=10)
-    assert decode_fast(body_of("[1, 2, 3]"), max_elements=11) is not None
+    assert decoder(body_of("[1, 2, 3]"), 11) is not None
 
 
 def test_the_element_limit_also_holds_on_the_typed_path() -> None:
