@@ -2,7 +2,7 @@
 
 In process, with no socket and no uvicorn: the service's app and the floor's
 (`benchmarks.floor`) driven through ASGI on one event loop, one 8 x 64 JSON update at a
-time, and the stages of the service's update timed alone in a warm loop (its typed decode,
+time, and the stages of the service's update timed alone in a warm loop (its decode,
 the update, the encoding, the observer's metrics and log line).
 
 Live, `python -m app` on loopback: 50 updates of 64 x 16384 floats as safetensors, one at
@@ -127,7 +127,7 @@ def _stages(body: bytes) -> dict[str, float]:
                 path="/update",
             )
 
-        stages["typed decode"] = _best(lambda: json_codec.decode_request(held))
+        stages["decode"] = _best(lambda: json_codec.decode_request(held))
         stages["update"] = _best(payload.compute)
         stages["encode"] = _best(lambda: json_codec.encode_response(result))
         stages["metrics and log line"] = _best(record)
