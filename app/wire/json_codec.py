@@ -152,8 +152,8 @@ def decode_plain(body: bytes | bytearray, max_elements: int | None) -> UpdatePay
         document = simdjson.Parser().parse(body)
         if not isinstance(document, simdjson.Object):
             return None
-        keys = list(document.keys())
-        if len(keys) != len(_PLAIN_FIELDS) or not _PLAIN_FIELDS.issuperset(keys):
+        keys = list(document.keys())  # a repeated key is listed twice
+        if len(keys) != len(_PLAIN_FIELDS) or set(keys) != _PLAIN_FIELDS:
             return None
         beta, lr = (_plain_scalar(document[name]) for name in SCALARS)
         rows = document[_MATRIX]

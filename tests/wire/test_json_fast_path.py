@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from app.core import DEFAULT_OPTIONS
 from app.errors import InvalidPayloadError, TooManyElementsError
-from app.wire.json_codec import decode_fast, decode_plain, decode_request
+from app.wire.json_codec import _decode_typed, decode_fast, decode_plain, decode_request
 from app.wire.payload import UpdatePayload
 
 # Each fast path, by name; both must read and refuse alike.
@@ -228,6 +228,19 @@ def test_a_repeated_field_is_left_to_the_typed_decode(decoder: Decoder) -> None:
     assert decode_request(body).rewards.tolist() == [7.0, 7.0]
 
 
+@DECODERS
+def test_a_repeated_field_in_place_of_a_missing_one_is_refused_as_missing(
+    decoder: Decoder,
+) -> None:
+    # As many keys as a whole body has, one of them twice: lr is missing.
+    text = body_of("[1, 2]").decode().replace('"lr": 0', '"beta": 0.25')
+    body = text.encode()
+    assert decoder(body, None) is None
+    with pytest.raises(InvalidPayloadError) as info:
+        decode_request(body)
+    assert info.value.problems[0].loc == ("lr",)
+
+
 def test_a_small_body_with_options_is_left_to_the_typed_decode() -> None:
     body = body_of("[1, 2]", max_grad_norm="0.5")
     assert decode_plain(body, None) is None
@@ -268,3 +281,37 @@ def test_the_element_limit_also_holds_on_the_typed_path() -> None:
     with pytest.raises(TooManyElementsError):
         decode_request(body, max_elements=10)
     assert decode_request(body, max_elements=11).weights.size == 3
+
+
+# Fragments that break a body in the ways a parser must not trip over: other JSON types
+# where numbers or arrays belong, brackets and commas out of place, literals beyond float64.
+FRAGMENTS = [b'{"a": 1}', b'"x"', b"null", b"true", b"[]", b"[[1]]", b"{}", b"1e999", b"-"]
+FRAGMENTS += [b"1" * 40, b"0", b"-0", b",", b"]", b"[", b": ", b'"weights"', b'"lr"', b'"beta"']
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    edits=st.lists(
+        st.tuples(st.integers(0, 10**6), st.integers(0, 6), st.sampled_from(FRAGMENTS)),
+        min_size=1,
+        max_size=3,
+    )
+)
+def test_a_broken_small_body_is_read_as_the_typed_decode_reads_it_or_left_to_it(
+    edits: list[tuple[int, int, bytes]],
+) -> None:
+    body = bytearray(body_of("[1, 2]"))
+    for position, removed, fragment in edits:
+        at = position % len(body)
+        body[at : at + removed] = fragment
+    try:
+        plain = decode_plain(body, 100)
+    except TooManyElementsError:
+        return
+    if plain is None:
+        return
+    typed = _decode_typed(body, 100)
+    for name in ("weights", "rewards", "policy_log_probs", "ref_log_probs", "log_prob_grads"):
+        assert getattr(plain, name).tobytes() == getattr(typed, name).tobytes()
+        assert getattr(plain, name).shape == getattr(typed, name).shape
+    assert (repr(plain.beta), repr(plain.lr)) == (repr(typed.beta), repr(typed.lr))
