@@ -51,10 +51,11 @@ def plain_update(
     Returns
     -------
     UpdateResult or None
-        The general path's result, bit for bit; None when an input is not a float64
-        array of the expected shape, `beta` or `lr` is not a finite float >= 0, or any
-        quantity the general path checks is not finite: that path then answers, with its
-        own errors and its handling of overflow.
+        The general path's result, bit for bit; None when an input does not convert to
+        a float64 array of the expected shape, `beta` or `lr` is not a Python float that
+        is finite and >= 0, a sample's coefficient is 0, or a quantity the general path
+        checks is not finite: that path then answers, with its own errors and its
+        handling of overflow.
 
     Notes
     -----

@@ -197,6 +197,9 @@ def compute_update(
     controller's next coefficient (Ziegler et al. 2019; verl's and OpenRLHF's
     AdaptiveKLController): ``beta * (1 + clip(kl_mean / target_kl - 1, -0.2, 0.2) * B /
     kl_horizon)``.
+
+    With no options (None or `DEFAULT_OPTIONS`) the update is `app.core.plain.plain_update`'s
+    whenever it answers: the same steps with their defaults, the same bits.
     """
     if options is None or options is DEFAULT_OPTIONS:
         plain = plain_update(
