@@ -22,6 +22,7 @@ import app.core.update as core_update
 from app.core import DEFAULT_OPTIONS, UpdateOptions, UpdateResult, compute_update
 from app.core.plain import plain_update
 from app.core.results import UpdateError
+from tests.helpers.reference import EXAMPLE
 
 ARRAYS = ("weights", "rewards", "policy_log_probs", "ref_log_probs", "log_prob_grads")
 # Magnitudes that reach the ends of float64: products and sums that overflow, squares that
@@ -222,19 +223,10 @@ def test_no_options_and_the_shared_defaults_take_the_plain_path(
         raise AssertionError(msg)
 
     monkeypatch.setattr(core_update, "check_inputs", general_path)
-    args: dict[str, Any] = {
-        "weights": [1.0, 1.0],
-        "rewards": [1.0, 1.0],
-        "policy_log_probs": [-1.5, -1.5],
-        "ref_log_probs": [-1.5, -1.5],
-        "log_prob_grads": [[0.5, -0.5], [0.5, -0.5]],
-        "beta": 1.0,
-        "lr": 0.1,
-    }
     for options in (None, DEFAULT_OPTIONS):
-        assert compute_update(**args, options=options).weights.tolist() == [1.05, 0.95]
+        assert compute_update(**EXAMPLE, options=options).weights.tolist() == [1.05, 0.95]
     with pytest.raises(AssertionError, match="general path"):
-        compute_update(**args, options=UpdateOptions())
+        compute_update(**EXAMPLE, options=UpdateOptions())
 
 
 def test_a_large_update_takes_the_tiled_kernel_with_the_same_bits() -> None:
