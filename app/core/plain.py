@@ -13,7 +13,9 @@ through operations that keep a NaN or an infinity (a sum, a product by a finite 
 that is not 0, an addition of finite numbers). ``weights`` reach the new weights,
 ``rewards`` the reward mean, both log-probs the KL mean, and each entry of
 ``log_prob_grads`` its column of the gradient, when no sample's coefficient is 0 (a
-``0 * inf`` is left to the general path).
+``0 * inf`` is left to the general path). A value that is not finite in the (B,) arrays is
+found before the gradient; one in the weights or the gradients only after it, so their
+refusal computes the gradient twice, here and on the general path.
 """
 
 from __future__ import annotations
@@ -85,7 +87,9 @@ def plain_update(
     # Steps 1 to 5 with their defaults: k1 unclamped, no baseline, REINFORCE over 1/B.
     kl = policy - ref
     adjusted = add_product(r, -beta, kl)
-    if np.count_nonzero(adjusted) != batch_size:
+    # Before the (B, N) work: a finite sum of the adjusted rewards proves rewards and both
+    # log-probs finite, so a refusal for those costs no gradient here.
+    if not math.isfinite(adjusted.sum()) or np.count_nonzero(adjusted) != batch_size:
         return None
     grad: FloatArray = weighted_row_sum(adjusted, grads) / batch_size
     grad_norm = norm_of_partials(chunk_partials(grad))

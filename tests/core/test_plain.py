@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import app.core.plain as plain_module
 import app.core.update as core_update
 from app.core import DEFAULT_OPTIONS, UpdateOptions, UpdateResult, compute_update
 from app.core.plain import plain_update
@@ -244,3 +245,16 @@ def test_a_large_update_takes_the_tiled_kernel_with_the_same_bits() -> None:
     plain = shortcut(args)
     assert plain is not None
     assert bits(plain) == bits(general(args))
+
+
+@pytest.mark.parametrize("name", ["rewards", "policy_log_probs", "ref_log_probs"])
+def test_a_value_that_is_not_finite_in_a_batch_array_is_declined_before_the_gradient(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def gradient(*args: object) -> None:
+        msg = "the gradient was computed"
+        raise AssertionError(msg)
+
+    monkeypatch.setattr(plain_module, "weighted_row_sum", gradient)
+    args: dict[str, Any] = {**EXAMPLE, name: [1.0, math.nan]}
+    assert shortcut(args) is None
