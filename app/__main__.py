@@ -85,6 +85,13 @@ def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
+def _exit_at_once(signum: int, frame: FrameType | None) -> None:
+    # Nothing is started yet, so there is nothing to shut down; an exception raised here
+    # could land inside a library's callback, which may turn it into an error of its own
+    # (pydantic-core, building the settings' validators, answers a SchemaError).
+    os._exit(0)
+
+
 # The factory and the HTTP protocol by their import paths, whatever name this package is
 # installed under: each worker process imports them itself.
 _FACTORY = f"{__package__}.main:create_app"
@@ -97,10 +104,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     A setting the service cannot run with ends the process with status 2 and one line
     on stderr that names the variable.
     """
-    # uvicorn handles SIGTERM while it serves, and raises the signal again once its graceful
-    # shutdown is done; this handler then ends the process with status 0 instead of -15.
-    # Installed first: before uvicorn starts, it ends the process at once, also with 0.
-    signal.signal(signal.SIGTERM, _exit_cleanly)
+    # Installed first: while the imports and the settings are read, SIGTERM ends the
+    # process at once with status 0.
+    signal.signal(signal.SIGTERM, _exit_at_once)
     arguments = _arguments(argv)
     import uvicorn
 
@@ -112,6 +118,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     except SettingsError as exc:
         print(f"python -m {__package__}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    # From here on a SIGTERM ends the process through SystemExit, so that the `finally`
+    # below removes the metrics directory. uvicorn handles SIGTERM while it serves, and
+    # raises the signal again once its graceful shutdown is done; this handler then ends
+    # the process with status 0 instead of -15.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     _raise_open_files_limit()
     made = prepare_metrics_dir(settings.web_concurrency)
     timeout = arguments.timeout_graceful_shutdown

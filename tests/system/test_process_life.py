@@ -61,6 +61,40 @@ def test_sigterm_at_any_moment_of_the_start_exits_0(workers: int, delay: float) 
     assert process.returncode == 0, stderr.decode()[-2000:]
 
 
+# Reading the settings, as a library would that turns any exception raised in a callback
+# into an error of its own (pydantic-core, building the settings' validators, answers a
+# SchemaError, and the process exits 1): the SIGTERM comes in the middle of it.
+_SIGTERM_WHILE_SETTINGS_ARE_READ = """
+import os, signal, sys, time
+import app.settings
+
+def load_settings():
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+    except BaseException as exc:
+        raise RuntimeError(f"the library caught {exc!r}") from None
+    raise AssertionError("the SIGTERM was not handled")
+
+app.settings.load_settings = load_settings
+from app.__main__ import main
+main(["--no-access-log"])
+"""
+
+
+def test_sigterm_while_the_settings_are_read_exits_0_whatever_catches_exceptions() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", _SIGTERM_WHILE_SETTINGS_ARE_READ],
+        cwd=ROOT,
+        env={**os.environ, "PORT": str(free_port())},
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    assert b"caught" not in result.stderr
+
+
 def test_sigterm_cuts_a_trickling_upload_when_the_shutdown_timeout_ends() -> None:
     env = {"RLHF_SHUTDOWN_DRAIN_SECONDS": "0.3", "RLHF_SHUTDOWN_TIMEOUT_SECONDS": "1"}
     with live_server(env) as running, connect(running.base_url) as sock:
