@@ -2,7 +2,9 @@
 
 In process, with no socket and no uvicorn: the service's app and the floor's
 (`benchmarks.floor`) driven through ASGI on one event loop, one 8 x 64 JSON update at a
-time, and the stages of the service's update timed alone in a warm loop (its decode,
+time; the service's request path alone, with a fixed answer in place of its decoding,
+update and encoding (the request id, the body read, the gate, the metrics and the log
+line); and the stages of the service's update timed alone in a warm loop (its decode,
 the update, the encoding, the observer's metrics and log line).
 
 Live, `python -m app` on loopback: 50 updates of 64 x 16384 floats as safetensors, one at
@@ -27,6 +29,7 @@ from typing import Any
 import httpx2
 from starlette.types import ASGIApp, Message
 
+import app.api.update as update_route
 from app.main import create_app
 from app.ops.context import open_context
 from app.ops.log_config import log_config
@@ -34,6 +37,7 @@ from app.ops.metrics import UpdateMetrics
 from app.ops.observer import UpdateObserver
 from app.settings import Settings
 from app.wire import json_codec
+from app.wire.media import WireFormat
 from benchmarks import floor
 from benchmarks.run import encode, make_arrays
 from scripts.live_server import live_server
@@ -86,15 +90,30 @@ async def _per_call(app: ASGIApp, body: bytes, calls: int) -> float:
     return seconds
 
 
-async def _through_asgi(body: bytes) -> tuple[float, float]:
-    """The best per-update time of the service's app and of the floor's, interleaved."""
+async def _through_asgi(body: bytes) -> tuple[float, float, float]:
+    """The best per-update time of the service's app, of its request path alone (a fixed
+    answer in place of decoding, computing and encoding) and of the floor's app, interleaved.
+    """
     service = create_app(Settings(max_in_flight=64))
-    service_times, floor_times = [], []
+    answer = json_codec.encode_response(json_codec.decode_request(body).compute())
+
+    async def fixed(
+        body: bytearray, formats: tuple[WireFormat, WireFormat], max_elements: int
+    ) -> bytes:
+        return answer
+
+    times: dict[str, list[float]] = {"service": [], "path": [], "floor": []}
     async with service.router.lifespan_context(service):
         for _ in range(5):
-            service_times.append(await _per_call(service, body, 2000))
-            floor_times.append(await _per_call(floor.app, body, 2000))
-    return min(service_times), min(floor_times)
+            times["service"].append(await _per_call(service, body, 2000))
+            computing = update_route._update
+            update_route._update = fixed
+            try:
+                times["path"].append(await _per_call(service, body, 2000))
+            finally:
+                update_route._update = computing
+            times["floor"].append(await _per_call(floor.app, body, 2000))
+    return min(times["service"]), min(times["path"]), min(times["floor"])
 
 
 def _best(run: Callable[[], object], calls: int = 3000) -> float:
@@ -165,8 +184,9 @@ def main() -> None:
             handler.setStream(devnull)
     body = encode(make_arrays(8, 64), "json")
     print("In process, one 8 x 64 JSON update through ASGI (no socket, no uvicorn), best of 5:")
-    service, floor_app = asyncio.run(_through_asgi(body))
+    service, path, floor_app = asyncio.run(_through_asgi(body))
     print(f"  service's app  {service * 1e6:7.1f} us")
+    print(f"  its request path alone, a fixed answer  {path * 1e6:7.1f} us")
     print(f"  floor's app    {floor_app * 1e6:7.1f} us  ({service / floor_app:.1f}x)")
     print("Its stages alone, in a warm loop:")
     for stage, seconds in _stages(body).items():
