@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from pythonjsonlogger.core import RESERVED_ATTRS, LogData
 from pythonjsonlogger.json import JsonFormatter
 
-__all__ = ["OneEncoderJsonFormatter", "log_config"]
+__all__ = ["OneEncoderJsonFormatter", "log_config", "log_fields"]
 
 # RFC 3339 in UTC with milliseconds, e.g. 2026-11-25T22:17:03.042Z: logging.Formatter's own
 # time format (no datefmt), with its millisecond suffix ending in Z and UTC as the clock.
@@ -21,6 +24,8 @@ _TIME_FORMAT = {
 }
 # uvicorn adds an ANSI-coloured copy of some messages as `color_message`; drop it.
 _SKIPPED = ["color_message"]
+# The record attributes `OneEncoderJsonFormatter.format_fields` knows without a record.
+_FIELDS_WITHOUT_RECORD = frozenset({"asctime", "levelname", "name", "process", "message"})
 
 
 class OneEncoderJsonFormatter(JsonFormatter):
@@ -49,10 +54,7 @@ class OneEncoderJsonFormatter(JsonFormatter):
             or record.exc_info
             or record.exc_text
             or record.stack_info
-            or self.defaults
-            or self.static_fields
-            or self.timestamp
-            or self.rename_fields_keep_missing
+            or self._adds_fields()
         ):
             return super().format(record)
         record.message = record.getMessage()
@@ -69,22 +71,124 @@ class OneEncoderJsonFormatter(JsonFormatter):
         )
         return self.serialize_log_record(self.process_log_record(log_data))
 
+    def format_fields(
+        self, level: int, name: str, message: str, fields: Mapping[str, Any]
+    ) -> str | None:
+        """The line `format` gives a record logged now as ``logger.log(level, message,
+        extra=fields)`` by the logger `name`, built without the record.
+
+        None when this formatter needs the record itself: its format names an attribute
+        other than the time, level, logger name, process and message, it adds fields of
+        its own, or `fields` holds a name that `format` would skip or that a record
+        reserves.
+        """
+        if (
+            not _FIELDS_WITHOUT_RECORD.issuperset(self._required_fields)
+            or self.datefmt is not None
+            or self._adds_fields()
+            or any(key in self._skip_fields or key.startswith("_") for key in fields)
+        ):
+            return None
+        now = time.time_ns()
+        # As a LogRecord has them: its process when logging records processes, and the
+        # milliseconds truncated.
+        attributes = {
+            "asctime": self._time_text(now // 1_000_000_000, (now // 1_000_000) % 1000),
+            "levelname": logging.getLevelName(level),
+            "name": name,
+            "process": os.getpid() if logging.logProcesses else None,
+            "message": message,
+        }
+        rename = self.rename_fields
+        log_data = {rename.get(key, key): attributes[key] for key in self._required_fields}
+        log_data.update((rename.get(key, key), value) for key, value in fields.items())
+        return self.serialize_log_record(self.process_log_record(log_data))
+
+    def _adds_fields(self) -> bool:
+        """Whether the formatter's own options add fields to every line."""
+        return bool(
+            self.defaults or self.static_fields or self.timestamp or self.rename_fields_keep_missing
+        )
+
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         # logging.Formatter's, with the text of the whole seconds kept until they change.
         if datefmt is not None:
             return super().formatTime(record, datefmt)
-        second = int(record.created)
+        return self._time_text(int(record.created), record.msecs)
+
+    def _time_text(self, second: int, msecs: float) -> str:
         if second != self._second:
             self._second = second
             self._second_text = time.strftime(self.default_time_format, self.converter(second))
         if self.default_msec_format is None:
             return self._second_text
-        return self.default_msec_format % (self._second_text, record.msecs)
+        return self.default_msec_format % (self._second_text, msecs)
 
     def jsonify_log_record(self, log_data: LogData) -> str:
         if self.json_serializer is not json.dumps:  # a serializer of the caller's own
             return super().jsonify_log_record(log_data)
         return str(self._encoder.encode(log_data))
+
+
+def log_fields(logger: logging.Logger, level: int, message: str, fields: Mapping[str, Any]) -> None:
+    """``logger.log(level, message, extra=fields)``: the same line, without a LogRecord when
+    only the service's own handler would write it.
+
+    A record, its handling and its formatting cost several times what writing one line of
+    fields does, on every request. When the line would reach exactly one handler, a plain
+    `logging.StreamHandler` with no filter and a `OneEncoderJsonFormatter` (as `log_config`
+    sets up), and `logger` has no filter, the formatter writes the line from the fields
+    under the handler's lock. Any other configuration (another handler, as pytest's
+    `caplog` adds; a filter; logging.disable) gets the record, as `logger.log` makes it.
+    """
+    if not logger.isEnabledFor(level):
+        return
+    handler = _only_handler(logger, level)
+    formatter = None if handler is None else handler.formatter
+    line = (
+        formatter.format_fields(level, logger.name, message, fields)
+        if isinstance(formatter, OneEncoderJsonFormatter)
+        else None
+    )
+    if handler is None or line is None:
+        # stacklevel: the record names the caller's file, function and line, not this one.
+        logger.log(level, message, extra=fields, stacklevel=2)
+        return
+    # StreamHandler.emit, under the lock Handler.handle takes.
+    with handler.lock or _NO_LOCK:
+        try:
+            handler.stream.write(line + handler.terminator)
+            handler.flush()
+        except RecursionError:
+            raise
+        except Exception:
+            handler.handleError(logger.makeRecord(logger.name, level, "", 0, message, (), None))
+
+
+def _only_handler(logger: logging.Logger, level: int) -> logging.StreamHandler[Any] | None:
+    """The one handler a record of `level` from `logger` would reach, if it is a filterless
+    `logging.StreamHandler` and `logger` has no filter; None otherwise.
+
+    Logger.callHandlers' walk: the logger's handlers, then its parents' while they propagate,
+    each handler taken when the level reaches its own.
+    """
+    if logger.filters:
+        return None
+    found: logging.Handler | None = None
+    current: logging.Logger | None = logger
+    while current is not None:
+        for handler in current.handlers:
+            if level >= handler.level:
+                if found is not None:
+                    return None
+                found = handler
+        current = current.parent if current.propagate else None
+    if type(found) is not logging.StreamHandler or found.filters:
+        return None  # no handler at all is logging.lastResort's, which logger.log finds
+    return found
+
+
+_NO_LOCK = contextlib.nullcontext()
 
 
 def log_config(level: str) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..wire.media import body_format
 from .context import RequestContext, current_context, scope_header
+from .log_config import log_fields
 from .metrics import UpdateMetrics
 
 __all__ = ["UpdateObserver"]
@@ -151,4 +152,4 @@ class UpdateObserver:
             line["error"] = problem.label
         if path != self.paths[0]:
             line["path"] = path
-        logger.log(level, "update", extra=line)
+        log_fields(logger, level, "update", line)

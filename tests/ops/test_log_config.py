@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import logging.config
+import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -13,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from app.ops.log_config import log_config
+from app.ops.log_config import log_config, log_fields
 from app.settings import Settings
 
 TOKEN = "tok-Zq9-very-private"
@@ -155,3 +157,185 @@ def test_the_service_formatter_writes_what_python_json_logger_writes() -> None:
         assert ours.format(record) == theirs.format(record), record.msg
         # Formatting again (the time's text kept from the first) changes nothing.
         assert ours.format(record) == theirs.format(record), record.msg
+
+
+# Half-way through a millisecond, so that a record's float seconds (Python 3.11's
+# LogRecord) and the writer's integer nanoseconds truncate to the same millisecond.
+FROZEN_NS = 1_795_645_023_042_500_000
+LINE_FIELDS: dict[str, Any] = {
+    "request_id": "ab" * 16,
+    "status": 200,
+    "format": "json",
+    "body_bytes": 11_900,
+    "B": 8,
+    "N": None,
+    "duration_s": 0.000312,
+    "kl_mean": -1.25e-300,
+    "error": 'détail \u2028 "quoted"',
+    "clipped": True,
+}
+
+
+@pytest.fixture
+def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """time.time and time.time_ns stopped at FROZEN_NS, for records and lines alike."""
+    monkeypatch.setattr("time.time_ns", lambda: FROZEN_NS)
+    monkeypatch.setattr("time.time", lambda: FROZEN_NS / 1e9)
+
+
+def _own_logger(name: str, *handlers: logging.Handler) -> logging.Logger:
+    """A logger of its own with these handlers, that does not propagate (pytest's handlers
+    sit on the root)."""
+    logger = logging.getLogger(name)
+    logger.handlers[:] = handlers
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG)
+    logger.filters.clear()
+    logger.disabled = False
+    return logger
+
+
+def _stream_handler(
+    fmt: str | None = None,
+) -> tuple[logging.StreamHandler[io.StringIO], io.StringIO]:
+    config = log_config("info")
+    formatter_config = dict(config["formatters"]["json"])
+    if fmt is not None:
+        formatter_config["fmt"] = fmt
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.config.dictConfigClass(config).configure_custom(formatter_config))
+    return handler, stream
+
+
+@pytest.mark.usefixtures("frozen_clock")
+@pytest.mark.parametrize("level", [logging.INFO, logging.ERROR])
+@pytest.mark.parametrize(
+    "fmt", [None, "%(asctime)s %(levelname)s %(message)s", "%(name)s %(funcName)s %(message)s"]
+)
+def test_log_fields_writes_the_line_logger_log_writes(level: int, fmt: str | None) -> None:
+    handler, stream = _stream_handler(fmt)
+    logger = _own_logger("tests.log_fields.same", handler)
+    logger.log(level, "update", extra=LINE_FIELDS)
+    by_record = stream.getvalue()
+    stream.seek(0)
+    stream.truncate()
+    log_fields(logger, level, "update", LINE_FIELDS)
+    assert stream.getvalue() == by_record
+    assert by_record.endswith("}\n")
+    assert by_record.count("\n") == 1
+    assert json.loads(by_record)["request_id"] == "ab" * 16
+
+
+def test_log_fields_makes_no_record_for_the_service_own_handler(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    handler, stream = _stream_handler()
+    logger = _own_logger("tests.log_fields.direct", handler)
+    made: list[str] = []
+    original = logging.Logger.makeRecord
+
+    def counting(self: logging.Logger, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        made.append(self.name)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(logging.Logger, "makeRecord", counting)
+    log_fields(logger, logging.INFO, "update", LINE_FIELDS)
+    assert made == []
+    line = json.loads(stream.getvalue())
+    assert line == {
+        "time": line["time"],
+        "level": "INFO",
+        "logger": "tests.log_fields.direct",
+        "process": os.getpid(),
+        "message": "update",
+        **LINE_FIELDS,
+    }
+    assert datetime.fromisoformat(line["time"]).tzinfo == UTC
+    # Another handler beside it: each gets the record, as logger.log gives it.
+    seen: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    logger.addHandler(Collect())
+    log_fields(logger, logging.INFO, "update", LINE_FIELDS)
+    assert made == ["tests.log_fields.direct"]
+    assert seen[0].__dict__["request_id"] == "ab" * 16
+    assert stream.getvalue().count("\n") == 2
+
+
+class _Refuse(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.__dict__.get("status") != 500
+
+
+@pytest.mark.parametrize("on", ["logger", "handler"])
+def test_a_filter_sees_the_record(on: str) -> None:
+    handler, stream = _stream_handler()
+    logger = _own_logger(f"tests.log_fields.filter.{on}", handler)
+    (logger if on == "logger" else handler).addFilter(_Refuse())
+    log_fields(logger, logging.ERROR, "update", LINE_FIELDS | {"status": 500})
+    log_fields(logger, logging.INFO, "update", LINE_FIELDS)
+    [line] = stream.getvalue().splitlines()
+    assert json.loads(line)["status"] == 200
+
+
+def test_nothing_is_written_below_the_level_or_for_a_disabled_logger() -> None:
+    handler, stream = _stream_handler()
+    logger = _own_logger("tests.log_fields.quiet", handler)
+    logger.setLevel(logging.WARNING)
+    log_fields(logger, logging.INFO, "update", LINE_FIELDS)
+    handler.setLevel(logging.CRITICAL)
+    logger.setLevel(logging.DEBUG)
+    log_fields(logger, logging.ERROR, "update", LINE_FIELDS)
+    handler.setLevel(logging.NOTSET)
+    logger.disabled = True
+    log_fields(logger, logging.ERROR, "update", LINE_FIELDS)
+    assert stream.getvalue() == ""
+    logger.disabled = False
+    log_fields(logger, logging.ERROR, "update", LINE_FIELDS)
+    assert json.loads(stream.getvalue())["level"] == "ERROR"
+
+
+def test_the_line_reaches_a_parent_handler_and_only_handlers_of_its_level() -> None:
+    handler, stream = _stream_handler()
+    parent = _own_logger("tests.log_fields.tree", handler)
+    child = logging.getLogger("tests.log_fields.tree.child")
+    child.handlers.clear()
+    child.propagate = True
+    child.setLevel(logging.NOTSET)
+    quiet, quiet_stream = _stream_handler()
+    quiet.setLevel(logging.ERROR)
+    parent.addHandler(quiet)
+    log_fields(child, logging.INFO, "update", LINE_FIELDS)
+    assert json.loads(stream.getvalue())["logger"] == "tests.log_fields.tree.child"
+    assert quiet_stream.getvalue() == ""
+    parent.propagate = False
+    child.propagate = False
+    log_fields(child, logging.INFO, "update", LINE_FIELDS)  # no handler: logging's last resort
+    assert stream.getvalue().count("\n") == 1
+
+
+def test_a_field_a_record_reserves_is_refused_as_logger_log_refuses_it() -> None:
+    handler, stream = _stream_handler()
+    logger = _own_logger("tests.log_fields.reserved", handler)
+    for name in ("message", "lineno"):
+        with pytest.raises(KeyError, match=name):
+            log_fields(logger, logging.INFO, "update", {name: 1})
+    log_fields(logger, logging.INFO, "update", {"_private": 1, "status": 200})
+    assert "_private" not in json.loads(stream.getvalue())
+
+
+def test_a_failing_stream_is_reported_by_the_handler_not_raised(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    handler, stream = _stream_handler()
+    logger = _own_logger("tests.log_fields.broken", handler)
+    stream.close()
+    errors: list[logging.LogRecord] = []
+    monkeypatch.setattr(handler, "handleError", errors.append)
+    log_fields(logger, logging.INFO, "update", LINE_FIELDS)
+    [record] = errors
+    assert (record.name, record.getMessage()) == ("tests.log_fields.broken", "update")
