@@ -1,11 +1,15 @@
 """JSON on the wire: bytes to an `UpdatePayload`, an `UpdateResult` to bytes.
 
-Valid requests over 16 KiB take a fast path with no Python float per number: msgspec
-checks the body's structure (strict: no unknown fields, the scalars as numbers) and keeps
-each array, and each row of `log_prob_grads`, as raw JSON; pysimdjson then parses each of
-those straight into float64 buffers. The number of elements is known from the structure,
-so RLHF_MAX_ELEMENTS is checked before the gradient matrix is parsed or allocated, and one
-row is parsed at a time, so what the parser holds stays the size of a row.
+Valid requests over 16 KiB take a fast path with no Python float per number. One that
+sends no option is split by its brackets (`decode_split`, `json_brackets`): its skeleton,
+the body without the numbers of its arrays, is parsed whole and must hold exactly the
+request's fields; then pysimdjson parses each array and each row of `log_prob_grads` on its
+own, straight into float64 buffers. Any other (options, or a skeleton that is not a plain
+request's) goes to `decode_fast`: msgspec checks the body's structure (strict: no unknown
+fields, the scalars as numbers) and keeps each array and row as raw JSON, which pysimdjson
+parses the same way. Either way the number of elements is known before the gradient
+matrix is parsed or allocated, so RLHF_MAX_ELEMENTS is checked first, and one row is parsed
+at a time, so what the parser holds stays the size of a row.
 
 Bodies up to 16 KiB that send no option are parsed whole by pysimdjson (`decode_plain`):
 one document, each array read into a float64 buffer, the rows' lengths and the count of
@@ -27,7 +31,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterator, Sequence
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import msgspec
 import numpy as np
@@ -38,6 +42,7 @@ from numpy.typing import NDArray
 from ..core import DEFAULT_OPTIONS, InputProblem, UpdateOptions, UpdateResult
 from ..core.results import AppliedStep, GradientResult
 from ..errors import InvalidPayloadError, MalformedJsonError
+from .json_brackets import bracket_positions, skeleton
 from .json_fields import FLOAT, SCALARS, RequestFields
 from .json_refusal import (
     field_order,
@@ -60,6 +65,7 @@ __all__ = [
     "decode_fast",
     "decode_plain",
     "decode_request",
+    "decode_split",
     "encode_applied",
     "encode_gradient",
     "encode_response",
@@ -109,6 +115,12 @@ _RAW_DECODER: msgspec.json.Decoder[Any] = msgspec.json.Decoder(
 )
 # The fields of a body that sends no option: `decode_plain` reads these bodies whole.
 _PLAIN_FIELDS = frozenset((*_VECTORS, _MATRIX, *SCALARS))
+# What the skeleton of such a body (`decode_split`) holds beyond its arrays' brackets: its
+# keys, its two scalars and the whitespace between them, at most this many bytes; and per
+# array, its brackets, a comma and the whitespace of a line of its own. A larger skeleton
+# (a million keys, say) is another body's, left to the paths that word its refusal.
+_SKELETON_BYTES = 4096
+_SKELETON_BYTES_PER_ARRAY = 64
 # The narrowest float orjson prints itself (as its shortest round trip).
 _SHORTEST_PRINTED = np.dtype(np.float32)
 # What pysimdjson raises on anything but numbers: a non-number, a literal beyond float64
@@ -129,12 +141,16 @@ def decode_request(body: bytes | bytearray, max_elements: int | None = None) -> 
     if len(body) <= _TYPED_BYTES:
         payload = decode_plain(body, max_elements)
         return _decode_typed(body, max_elements) if payload is None else payload
-    # Every later use of the count of brackets reads this one.
-    brackets = _count(body, b"[")
+    # Every later use of the brackets reads these; their offsets only for a body of few
+    # arrays, the only one the fast paths take.
+    opening = bracket_positions(body, b"[", len(body) // _FAST_ROW_BYTES)
+    brackets = _count(body, b"[") if opening is None else opening.size
     if len(body) > _COUNTED_BODY_BYTES:
         _refuse_overfull(body, brackets)
-    if brackets * _FAST_ROW_BYTES <= len(body):
-        payload = decode_fast(body, max_elements, brackets)
+    if opening is not None:
+        payload = decode_split(body, max_elements, opening)
+        if payload is None:
+            payload = decode_fast(body, max_elements, brackets)
         if payload is not None:
             return payload
     return _decode_typed(body, max_elements)
@@ -149,36 +165,122 @@ def decode_plain(body: bytes | bytearray, max_elements: int | None) -> UpdatePay
     pysimdjson does not parse into numbers. The count of brackets proves each array flat.
     """
     try:
-        document = simdjson.Parser().parse(body)
-        if not isinstance(document, simdjson.Object):
+        fields = _plain_fields(simdjson.Parser().parse(body))
+        if fields is None:
             return None
-        keys = list(document.keys())  # a repeated key is listed twice
-        if len(keys) != len(_PLAIN_FIELDS) or set(keys) != _PLAIN_FIELDS:
+        beta, lr, vectors, rows, row_lengths = fields
+        lengths = [len(vector) for vector in vectors]
+        if not all(lengths) or body.count(b"[") != len(_VECTORS) + 1 + len(rows):
             return None
-        beta, lr = (_plain_scalar(document[name]) for name in SCALARS)
-        rows = document[_MATRIX]
-        vectors = [document[name] for name in _VECTORS]
-        arrays = [v for v in vectors if isinstance(v, simdjson.Array) and len(v)]
-        if (
-            beta is None
-            or lr is None
-            or not isinstance(rows, simdjson.Array)
-            or len(arrays) != len(_VECTORS)
-            or body.count(b"[") != len(_VECTORS) + 1 + len(rows)
-        ):
-            return None
-        n = len(arrays[0])
-        if not all(isinstance(row, simdjson.Array) and len(row) == n for row in rows):
+        n = lengths[0]
+        if any(length != n for length in row_lengths):
             return None
         if max_elements is not None:
-            check_element_count(len(arrays[1]), n, len(rows) * n, max_elements)
+            check_element_count(lengths[1], n, len(rows) * n, max_elements)
         parsed = {
             name: np.frombuffer(array.as_buffer(of_type="d"), dtype=np.float64)
-            for name, array in zip(_VECTORS, arrays, strict=True)
+            for name, array in zip(_VECTORS, vectors, strict=True)
         }
         grads = np.frombuffer(rows.as_buffer(of_type="d"), dtype=np.float64).reshape(-1, n)
     except _SIMDJSON_ERRORS:
         return None
+    return _plain_payload(parsed, grads, beta, lr)
+
+
+def decode_split(
+    body: bytes | bytearray, max_elements: int | None, opening: NDArray[np.intp]
+) -> UpdatePayload | None:
+    """The payload of a valid body that sends no option, its arrays found by their brackets.
+
+    One pass over the body finds its ']' (`opening` holds the offsets of its '['); the
+    skeleton, the body without the numbers of its innermost arrays, is parsed whole and
+    must hold exactly the fields of `decode_plain`, with each vector and each row an empty
+    array in it; then each array's content is parsed on its own, straight into float64,
+    piece by piece as in `decode_fast`. That proves the split right (`json_brackets`), and
+    it reads the body twice (the ']' and the numbers) where msgspec's structure and the
+    arrays read it three times. RLHF_MAX_ELEMENTS is checked once the weights are read,
+    before the gradient matrix is parsed or allocated. None for any other body.
+    """
+    closing = bracket_positions(body, b"]", opening.size)
+    found = None if closing is None else skeleton(body, opening, closing)
+    if found is None or found.size > _SKELETON_BYTES + _SKELETON_BYTES_PER_ARRAY * len(found.spans):
+        return None
+    try:
+        document = simdjson.Parser().parse(found.text())
+        fields = _plain_fields(document)
+        if fields is None:
+            return None
+        beta, lr, vectors, rows, row_lengths = fields
+        if (
+            any(map(len, vectors))
+            or any(row_lengths)
+            or len(found.spans) != len(_VECTORS) + len(rows)
+        ):
+            return None
+        # The innermost arrays in the order of the keys: a vector's one, or the rows.
+        spans = iter(found.spans)
+        view = memoryview(body)
+        vector_texts: dict[str, memoryview] = {}
+        row_texts: list[memoryview] = []
+        for name in cast(simdjson.Object, document).keys():  # noqa: SIM118 (not a dict)
+            if name == _MATRIX:
+                row_texts = [view[o : c + 1] for o, c in itertools.islice(spans, len(rows))]
+            elif name not in SCALARS:
+                opened, closed = next(spans)
+                vector_texts[name] = view[opened : closed + 1]
+        parser = simdjson.Parser()
+        parsed = {name: _vector(parser, vector_texts[name]) for name in _VECTORS}
+        n = parsed["weights"].size
+        if not all(array.size for array in parsed.values()):
+            return None
+        if max_elements is not None:
+            check_element_count(parsed["rewards"].size, n, len(rows) * n, max_elements)
+        grads = np.empty((len(rows), n))
+        for text, out in zip(row_texts, grads, strict=True):
+            if not _fill_row(parser, text, out):
+                return None
+    except _SIMDJSON_ERRORS:
+        return None
+    return _plain_payload(parsed, grads, beta, lr)
+
+
+class _PlainFields(NamedTuple):
+    beta: float
+    lr: float
+    vectors: list[simdjson.Array]  # in the order of _VECTORS
+    rows: simdjson.Array
+    row_lengths: list[int]
+
+
+def _plain_fields(document: object) -> _PlainFields | None:
+    """The fields of a document with exactly the fields of a body that sends no option,
+    once each: beta and lr numbers >= 0, each vector and each row of `log_prob_grads` an
+    array of any length. None for any other document.
+    """
+    if not isinstance(document, simdjson.Object) or len(document) != len(_PLAIN_FIELDS):
+        return None
+    keys = list(document.keys())  # a repeated key is listed twice
+    if len(keys) != len(_PLAIN_FIELDS) or set(keys) != _PLAIN_FIELDS:
+        return None
+    beta, lr = (_plain_scalar(document[name]) for name in SCALARS)
+    rows = document[_MATRIX]
+    vectors = [document[name] for name in _VECTORS]
+    if (
+        beta is None
+        or lr is None
+        or not isinstance(rows, simdjson.Array)
+        or not all(isinstance(vector, simdjson.Array) for vector in vectors)
+    ):
+        return None
+    row_lengths = [len(row) if isinstance(row, simdjson.Array) else -1 for row in rows]
+    if -1 in row_lengths:
+        return None
+    return _PlainFields(beta, lr, cast(list[simdjson.Array], vectors), rows, row_lengths)
+
+
+def _plain_payload(
+    parsed: dict[str, NDArray[np.float64]], grads: NDArray[np.float64], beta: float, lr: float
+) -> UpdatePayload:
     # Each vector by its name: a name added to _VECTORS reaches the payload field of that name.
     fields: dict[str, Any] = parsed
     return UpdatePayload(**fields, log_prob_grads=grads, beta=beta, lr=lr, options=DEFAULT_OPTIONS)
@@ -286,24 +388,33 @@ def decode_fast(
             check_element_count(vectors["rewards"].size, n, len(rows) * n, max_elements)
         grads = np.empty((len(rows), n))
         for row, out in zip(rows, grads, strict=True):
-            filled = 0
-            for piece in _pieces(parser, row):
-                out[filled : filled + piece.size] = piece[: n - filled]
-                filled += piece.size
-            if filled != n:
+            if not _fill_row(parser, row, out):
                 return None
     except _SIMDJSON_ERRORS:
         return None
     return _payload(vectors, grads, request, options)
 
 
-def _vector(parser: simdjson.Parser, raw: msgspec.Raw) -> NDArray[np.float64]:
+def _fill_row(
+    parser: simdjson.Parser, raw: msgspec.Raw | memoryview, out: NDArray[np.float64]
+) -> bool:
+    """Parse a row into `out`; whether it held exactly as many numbers as `out`."""
+    n, filled = out.size, 0
+    for piece in _pieces(parser, raw):
+        out[filled : filled + piece.size] = piece[: n - filled]
+        filled += piece.size
+    return filled == n
+
+
+def _vector(parser: simdjson.Parser, raw: msgspec.Raw | memoryview) -> NDArray[np.float64]:
     """A flat JSON array of numbers as float64, each the correctly rounded value."""
     pieces = list(_pieces(parser, raw))
     return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
 
-def _pieces(parser: simdjson.Parser, raw: msgspec.Raw) -> Iterator[NDArray[np.float64]]:
+def _pieces(
+    parser: simdjson.Parser, raw: msgspec.Raw | memoryview
+) -> Iterator[NDArray[np.float64]]:
     """The numbers of a flat JSON array, as float64 arrays of consecutive pieces.
 
     pysimdjson's document holds about 16 bytes per number besides the text, several times
@@ -326,7 +437,7 @@ def _pieces(parser: simdjson.Parser, raw: msgspec.Raw) -> Iterator[NDArray[np.fl
         start += cut + 1
 
 
-def _parsed(parser: simdjson.Parser, text: msgspec.Raw | bytes) -> NDArray[np.float64]:
+def _parsed(parser: simdjson.Parser, text: msgspec.Raw | memoryview | bytes) -> NDArray[np.float64]:
     document = parser.parse(text)
     if not isinstance(document, simdjson.Array):
         raise TypeError

@@ -1,7 +1,8 @@
 """The JSON fast paths: numbers straight into float64 buffers, exactly as Python reads them.
 
-Both take only what they can read whole and leave the rest (None) to the typed decode:
-`decode_fast` for bodies over 16 KiB, `decode_plain` for smaller ones that send no option.
+Each takes only what it can read whole and leaves the rest (None) to the typed decode:
+`decode_split` and then `decode_fast` for bodies over 16 KiB (the first only when they send
+no option), `decode_plain` for smaller ones that send no option.
 
 The reference is independent of every decoder under test: Python's `float()` of each
 literal as written (for an integer literal, `float(int(literal))`: JSON's `-0` is the
@@ -10,6 +11,7 @@ integer 0, and every path of the service, like msgspec and Pydantic, reads it as
 
 from __future__ import annotations
 
+import json
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -20,12 +22,29 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.core import DEFAULT_OPTIONS
-from app.errors import InvalidPayloadError, TooManyElementsError
-from app.wire.json_codec import _decode_typed, decode_fast, decode_plain, decode_request
+from app.errors import InvalidPayloadError, ProblemError, TooManyElementsError
+from app.wire.json_brackets import bracket_positions
+from app.wire.json_codec import (
+    _decode_typed,
+    decode_fast,
+    decode_plain,
+    decode_request,
+    decode_split,
+)
 from app.wire.payload import UpdatePayload
 
-# Each fast path, by name; both must read and refuse alike.
-DECODERS = pytest.mark.parametrize("decoder", [decode_fast, decode_plain], ids=["fast", "plain"])
+
+def split(body: bytes | bytearray, max_elements: int | None) -> UpdatePayload | None:
+    """`decode_split` with the offsets of the body's '[' found as decode_request finds them."""
+    opening = bracket_positions(body, b"[", len(body))
+    assert opening is not None
+    return decode_split(body, max_elements, opening)
+
+
+# Each fast path, by name; all must read and refuse alike.
+DECODERS = pytest.mark.parametrize(
+    "decoder", [decode_fast, decode_plain, split], ids=["fast", "plain", "split"]
+)
 Decoder = Callable[[bytes, int | None], UpdatePayload | None]
 
 # The length above which an array is parsed in pieces is 1 MiB of text.
@@ -287,6 +306,7 @@ def test_the_element_limit_also_holds_on_the_typed_path() -> None:
 # where numbers or arrays belong, brackets and commas out of place, literals beyond float64.
 FRAGMENTS = [b'{"a": 1}', b'"x"', b"null", b"true", b"[]", b"[[1]]", b"{}", b"1e999", b"-"]
 FRAGMENTS += [b"1" * 40, b"0", b"-0", b",", b"]", b"[", b": ", b'"weights"', b'"lr"', b'"beta"']
+FRAGMENTS += [b'"', b'"[', b']"', b'"lr[]"', b"[1]", b"[[]]", b" " * 20]
 
 
 @settings(max_examples=500, deadline=None)
@@ -304,14 +324,80 @@ def test_a_broken_small_body_is_read_as_the_typed_decode_reads_it_or_left_to_it(
     for position, removed, fragment in edits:
         at = position % len(body)
         body[at : at + removed] = fragment
-    try:
-        plain = decode_plain(body, 100)
-    except TooManyElementsError:
-        return
-    if plain is None:
-        return
-    typed = _decode_typed(body, 100)
+    for decoder in (decode_plain, split):
+        try:
+            fast = decoder(body, 100)
+        except TooManyElementsError:
+            continue
+        if fast is not None:
+            _assert_same_payload(fast, _decode_typed(body, 100))
+
+
+def _assert_same_payload(fast: UpdatePayload, typed: UpdatePayload) -> None:
     for name in ("weights", "rewards", "policy_log_probs", "ref_log_probs", "log_prob_grads"):
-        assert getattr(plain, name).tobytes() == getattr(typed, name).tobytes()
-        assert getattr(plain, name).shape == getattr(typed, name).shape
-    assert (repr(plain.beta), repr(plain.lr)) == (repr(typed.beta), repr(typed.lr))
+        assert getattr(fast, name).tobytes() == getattr(typed, name).tobytes()
+        assert getattr(fast, name).shape == getattr(typed, name).shape
+    assert (repr(fast.beta), repr(fast.lr)) == (repr(typed.beta), repr(typed.lr))
+    assert fast.options is DEFAULT_OPTIONS
+
+
+# Brackets and quotes where a split by brackets alone would go wrong: inside keys, inside
+# strings that span arrays, unbalanced, or an array's content that is not numbers.
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        pytest.param('"lr": 0', '"lr[0]": 0', id="bracket-in-key"),
+        pytest.param('"lr": 0', '"lr": 0, "x": "[1]"', id="bracket-in-string"),
+        pytest.param('"beta": 0.5', '"beta": "[", "y": 1]', id="string-opens-array"),
+        pytest.param('"beta": 0.5', '"beta": "]"', id="string-closes-array"),
+        pytest.param('"weights": [1, 2]', '"weights": [1, "2]", [3]', id="quote-in-array"),
+        pytest.param('"weights": [1, 2]', '"weights": [1, 2', id="unclosed"),
+        pytest.param('"weights": [1, 2]', '"weights": 1, 2]', id="unopened"),
+        pytest.param('"weights": [1, 2]', '"weights": [1, {"a": 2}]', id="object-in-array"),
+        pytest.param('"weights": [1, 2]', '"weights": [1,, 2]', id="double-comma"),
+        pytest.param('"weights": [1, 2]', '"weights": [1, 2,]', id="trailing-comma"),
+        pytest.param('"lr": 0}', '"lr": 0} [1]', id="trailing-array"),
+        pytest.param('"lr": 0', '"lr": [0]', id="array-lr"),
+    ],
+)
+def test_a_split_by_brackets_never_passes_a_body_it_misreads(old: str, new: str) -> None:
+    text = body_of("[1, 2]").decode()
+    assert old in text
+    body = text.replace(old, new).encode()
+    assert split(body, None) is None
+    with pytest.raises(ProblemError):
+        decode_request(body + b" " * (16 * 1024))  # over 16 KiB: through decode_split
+
+
+def test_a_large_body_takes_the_split_and_reads_as_the_typed_decode() -> None:
+    rng = np.random.default_rng(11)
+    values = rng.standard_normal((3, 70_000)) * 10.0 ** rng.integers(-300, 300, (3, 70_000))
+    rows = ["[" + ", ".join(map(repr, row)) + "]" for row in values.tolist()]
+    body = body_of(rows[0], rows).replace(b'"lr": 0', b'"lr": 1e-3')
+    assert len(rows[0]) > PIECE_BYTES  # each row is parsed in pieces
+    payload = split(body, None)
+    assert payload is not None
+    _assert_same_payload(payload, _decode_typed(body, None))
+    assert payload.log_prob_grads.tobytes() == values.tobytes()
+    # Pretty-printed, one number a line: the same arrays.
+    pretty = json.dumps(json.loads(body), indent=2).encode()
+    again = split(pretty, None)
+    assert again is not None
+    assert again.log_prob_grads.tobytes() == values.tobytes()
+
+
+def test_a_skeleton_larger_than_a_plain_body_has_is_left_to_the_other_paths() -> None:
+    # Valid, but with 100 KB of whitespace between its fields: decode_fast reads it.
+    body = body_of("[1, 2]", beta="0.5" + " " * 100_000)
+    assert split(body, None) is None
+    assert decode_request(body).beta == 0.5
+    assert decode_request(body).weights.tolist() == [1.0, 2.0]
+
+
+def test_the_offsets_of_brackets_stop_at_their_bound() -> None:
+    body = b"[" * 10 + b" " * (1 << 19) + b"[" * 10
+    found = bracket_positions(body, b"[", 20)
+    assert found is not None
+    assert found.tolist() == [*range(10), *range(10 + (1 << 19), 20 + (1 << 19))]
+    assert bracket_positions(body, b"[", 19) is None
+    assert bracket_positions(b"", b"[", 0) is not None

@@ -1,0 +1,97 @@
+"""The flat arrays of a JSON body found by its brackets, and the body without their numbers.
+
+Byte-level only: nothing here parses JSON. `app.wire.json_codec.decode_split` parses the
+skeleton (the body with the content of each innermost array cut out: a few hundred bytes
+of keys and scalars) and each array's content on its own, and it is that parsing which
+proves the split right: an array's content that parses as numbers holds no quote, so no
+cut falls within a string, and a bracket inside a string leaves `[]` in a key, which the
+skeleton's exact keys refuse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = ["Skeleton", "bracket_positions", "skeleton"]
+
+# Positions are found this many bytes at a time, so that the comparison's temporary of
+# booleans stays small whatever the body's size.
+_SLICE_BYTES = 1 << 18
+
+
+@dataclass(frozen=True, slots=True)
+class Skeleton:
+    """A body with the content of each innermost array removed, and where those arrays were.
+
+    ``spans[i]`` is ``(open, close)``, the offsets in the body of the i-th innermost array's
+    '[' and ']', in the order of the body.
+    """
+
+    body: bytes | bytearray
+    spans: list[tuple[int, int]]
+
+    @property
+    def size(self) -> int:
+        """The length of `text()`, known before it is built."""
+        return len(self.body) - sum(close - open_ - 1 for open_, close in self.spans)
+
+    def text(self) -> bytes:
+        """The body without the content of its innermost arrays."""
+        view = memoryview(self.body)
+        pieces: list[memoryview] = []
+        start = 0
+        for open_at, close_at in self.spans:
+            pieces.append(view[start : open_at + 1])
+            start = close_at
+        pieces.append(view[start:])
+        return b"".join(pieces)
+
+
+def bracket_positions(
+    body: bytes | bytearray, bracket: bytes, most: int
+) -> NDArray[np.intp] | None:
+    """The offsets of every occurrence of the byte `bracket` in `body`, in increasing order;
+    None as soon as there are more than `most`, so that the offsets never take more memory
+    than `most` of them.
+    """
+    data = np.frombuffer(body, dtype=np.uint8)
+    value = bracket[0]
+    found: list[NDArray[np.intp]] = []
+    count = 0
+    for start in range(0, data.size, _SLICE_BYTES):
+        offsets = np.flatnonzero(data[start : start + _SLICE_BYTES] == value)
+        count += offsets.size
+        if count > most:
+            return None
+        found.append(start + offsets)
+    return np.concatenate(found) if found else np.empty(0, dtype=np.intp)
+
+
+def skeleton(
+    body: bytes | bytearray, opening: NDArray[np.intp], closing: NDArray[np.intp]
+) -> Skeleton | None:
+    """The innermost arrays of `body`, given the offsets of its '[' and ']'.
+
+    An innermost array is a '[' whose next bracket is a ']'. None when the brackets cannot
+    belong to a JSON document: their counts differ, or a '[' has no ']' after it.
+
+    Examples
+    --------
+    >>> body = b'{"a": [1, 2], "b": [[3], [4, 5]]}'
+    >>> opening, closing = (bracket_positions(body, bracket, 10) for bracket in (b"[", b"]"))
+    >>> found = skeleton(body, opening, closing)
+    >>> found.text(), found.size, found.spans
+    (b'{"a": [], "b": [[], []]}', 24, [(6, 11), (20, 22), (25, 30)])
+    """
+    if opening.size != closing.size or not opening.size:
+        return None
+    next_close = np.searchsorted(closing, opening)
+    if next_close[-1] == closing.size:  # the last '[' comes after every ']'
+        return None
+    next_open = np.append(opening[1:], len(body))
+    innermost = closing[next_close] < next_open
+    opened, closed = opening[innermost].tolist(), closing[next_close[innermost]].tolist()
+    return Skeleton(body, list(zip(opened, closed, strict=True)))
