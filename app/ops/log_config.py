@@ -145,24 +145,23 @@ def log_fields(logger: logging.Logger, level: int, message: str, fields: Mapping
         return
     handler = _only_handler(logger, level)
     formatter = None if handler is None else handler.formatter
-    line = (
-        formatter.format_fields(level, logger.name, message, fields)
-        if isinstance(formatter, OneEncoderJsonFormatter)
-        else None
-    )
-    if handler is None or line is None:
-        # stacklevel: the record names the caller's file, function and line, not this one.
-        logger.log(level, message, extra=fields, stacklevel=2)
-        return
-    # StreamHandler.emit, under the lock Handler.handle takes.
-    with handler.lock or _NO_LOCK:
-        try:
-            handler.stream.write(line + handler.terminator)
-            handler.flush()
-        except RecursionError:
-            raise
-        except Exception:
-            handler.handleError(logger.makeRecord(logger.name, level, "", 0, message, (), None))
+    if handler is not None and isinstance(formatter, OneEncoderJsonFormatter):
+        # StreamHandler.emit, under the lock Handler.handle takes (the formatter's text of
+        # the current second is shared with the lines other threads log).
+        with handler.lock or _NO_LOCK:
+            line = formatter.format_fields(level, logger.name, message, fields)
+            if line is not None:
+                try:
+                    handler.stream.write(line + handler.terminator)
+                    handler.flush()
+                except RecursionError:
+                    raise
+                except Exception:
+                    record = logger.makeRecord(logger.name, level, "", 0, message, (), None)
+                    handler.handleError(record)
+                return
+    # stacklevel: the record names the caller's file, function and line, not this one.
+    logger.log(level, message, extra=fields, stacklevel=2)
 
 
 def _only_handler(logger: logging.Logger, level: int) -> logging.StreamHandler[Any] | None:

@@ -20,34 +20,49 @@ __all__ = ["Skeleton", "bracket_positions", "skeleton"]
 # Positions are found this many bytes at a time, so that the comparison's temporary of
 # booleans stays small whatever the body's size.
 _SLICE_BYTES = 1 << 18
+_SPANS_AT_A_TIME = 4096
 
 
 @dataclass(frozen=True, slots=True)
 class Skeleton:
-    """A body with the content of each innermost array removed, and where those arrays were.
+    """A body's innermost arrays: the offsets of each one's '[' and ']', in the body's order.
 
-    ``spans[i]`` is ``(open, close)``, the offsets in the body of the i-th innermost array's
-    '[' and ']', in the order of the body.
+    Offsets as NumPy arrays, 16 bytes an array whatever their number (a body of many rows
+    is refused by size elsewhere, but a Python tuple per row would weigh more than a short
+    row's text).
     """
 
     body: bytes | bytearray
-    spans: list[tuple[int, int]]
+    opening: NDArray[np.intp]
+    closing: NDArray[np.intp]
+
+    def __len__(self) -> int:
+        return int(self.opening.size)
+
+    def span(self, index: int) -> memoryview:
+        """The text of the `index`-th innermost array, brackets included: a view on the body."""
+        return memoryview(self.body)[int(self.opening[index]) : int(self.closing[index]) + 1]
 
     @property
     def size(self) -> int:
         """The length of `text()`, known before it is built."""
-        return len(self.body) - sum(close - open_ - 1 for open_, close in self.spans)
+        return len(self.body) - int((self.closing - self.opening - 1).sum())
 
     def text(self) -> bytes:
         """The body without the content of its innermost arrays."""
         view = memoryview(self.body)
-        pieces: list[memoryview] = []
+        text = bytearray()
         start = 0
-        for open_at, close_at in self.spans:
-            pieces.append(view[start : open_at + 1])
-            start = close_at
-        pieces.append(view[start:])
-        return b"".join(pieces)
+        # The offsets as Python ints a slice at a time: all at once, they would weigh more
+        # than the text of short rows.
+        for first in range(0, len(self), _SPANS_AT_A_TIME):
+            opening = self.opening[first : first + _SPANS_AT_A_TIME].tolist()
+            closing = self.closing[first : first + _SPANS_AT_A_TIME].tolist()
+            for open_at, close_at in zip(opening, closing, strict=True):
+                text += view[start : open_at + 1]
+                start = close_at
+        text += view[start:]
+        return bytes(text)
 
 
 def bracket_positions(
@@ -83,8 +98,8 @@ def skeleton(
     >>> body = b'{"a": [1, 2], "b": [[3], [4, 5]]}'
     >>> opening, closing = (bracket_positions(body, bracket, 10) for bracket in (b"[", b"]"))
     >>> found = skeleton(body, opening, closing)
-    >>> found.text(), found.size, found.spans
-    (b'{"a": [], "b": [[], []]}', 24, [(6, 11), (20, 22), (25, 30)])
+    >>> found.text(), found.size, len(found), bytes(found.span(2))
+    (b'{"a": [], "b": [[], []]}', 24, 3, b'[4, 5]')
     """
     if opening.size != closing.size or not opening.size:
         return None
@@ -93,5 +108,4 @@ def skeleton(
         return None
     next_open = np.append(opening[1:], len(body))
     innermost = closing[next_close] < next_open
-    opened, closed = opening[innermost].tolist(), closing[next_close[innermost]].tolist()
-    return Skeleton(body, list(zip(opened, closed, strict=True)))
+    return Skeleton(body, opening[innermost], closing[next_close[innermost]])

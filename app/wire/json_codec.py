@@ -203,7 +203,7 @@ def decode_split(
     """
     closing = bracket_positions(body, b"]", opening.size)
     found = None if closing is None else skeleton(body, opening, closing)
-    if found is None or found.size > _SKELETON_BYTES + _SKELETON_BYTES_PER_ARRAY * len(found.spans):
+    if found is None or found.size > _SKELETON_BYTES + _SKELETON_BYTES_PER_ARRAY * len(found):
         return None
     try:
         document = simdjson.Parser().parse(found.text())
@@ -211,33 +211,28 @@ def decode_split(
         if fields is None:
             return None
         beta, lr, vectors, rows, row_lengths = fields
-        if (
-            any(map(len, vectors))
-            or any(row_lengths)
-            or len(found.spans) != len(_VECTORS) + len(rows)
-        ):
+        if any(map(len, vectors)) or any(row_lengths) or len(found) != len(_VECTORS) + len(rows):
             return None
-        # The innermost arrays in the order of the keys: a vector's one, or the rows.
-        spans = iter(found.spans)
-        view = memoryview(body)
-        vector_texts: dict[str, memoryview] = {}
-        row_texts: list[memoryview] = []
+        # The innermost arrays come in the order of the keys: a vector's one, or the rows.
+        vector_spans: dict[str, int] = {}
+        first_row = index = 0
         for name in cast(simdjson.Object, document).keys():  # noqa: SIM118 (not a dict)
             if name == _MATRIX:
-                row_texts = [view[o : c + 1] for o, c in itertools.islice(spans, len(rows))]
+                first_row = index
+                index += len(rows)
             elif name not in SCALARS:
-                opened, closed = next(spans)
-                vector_texts[name] = view[opened : closed + 1]
+                vector_spans[name] = index
+                index += 1
         parser = simdjson.Parser()
-        parsed = {name: _vector(parser, vector_texts[name]) for name in _VECTORS}
+        parsed = {name: _vector(parser, found.span(vector_spans[name])) for name in _VECTORS}
         n = parsed["weights"].size
         if not all(array.size for array in parsed.values()):
             return None
         if max_elements is not None:
             check_element_count(parsed["rewards"].size, n, len(rows) * n, max_elements)
         grads = np.empty((len(rows), n))
-        for text, out in zip(row_texts, grads, strict=True):
-            if not _fill_row(parser, text, out):
+        for row, out in enumerate(grads, start=first_row):
+            if not _fill_row(parser, found.span(row), out):
                 return None
     except _SIMDJSON_ERRORS:
         return None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import struct
+import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
@@ -401,3 +402,25 @@ def test_the_offsets_of_brackets_stop_at_their_bound() -> None:
     assert found.tolist() == [*range(10), *range(10 + (1 << 19), 20 + (1 << 19))]
     assert bracket_positions(body, b"[", 19) is None
     assert bracket_positions(b"", b"[", 0) is not None
+
+
+def test_a_split_of_many_rows_holds_no_object_per_row() -> None:
+    # As many arrays as a body may have and still be split (one per 256 bytes): what the
+    # split holds per row beyond its numbers must stay far below the row's text.
+    row = "[" + ", ".join(["0.123456789"] * 19) + "]"
+    rows = [row] * 40_000
+    body = body_of(row, rows)
+    assert body.count(b"[") * 256 <= len(body)
+    tracemalloc.start()
+    try:
+        payload = split(body, None)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert payload is not None
+    assert payload.log_prob_grads.shape == (40_000, 19)
+    # Beside the numbers: the offsets of the brackets, a few NumPy integers per array
+    # (about 0.25x the text of these rows). A Python object per row (a view, a tuple of
+    # offsets) would weigh from half the text to more than the text.
+    numbers = payload.log_prob_grads.nbytes
+    assert peak - numbers < 0.35 * len(body), (peak, numbers, len(body))
