@@ -324,7 +324,9 @@ def print_in_process_decoders() -> None:
             for document in (cast(simdjson.Object, simdjson.Parser().parse(json_body)),)
             for k in ("weights", "rewards", "policy_log_probs", "ref_log_probs", "log_prob_grads")
         },
-        "service JSON decoder (msgspec + pysimdjson)": lambda: json_codec.decode_request(json_body),
+        "service JSON decoder (brackets + pysimdjson)": lambda: json_codec.decode_request(
+            json_body
+        ),
         "safetensors.numpy.load (copies)": lambda: load(st_body),
         "service safetensors decoder (views)": lambda: safetensors_codec.decode_request(
             bytearray(st_body)
