@@ -4,8 +4,8 @@ Byte-level only: nothing here parses JSON. `app.wire.json_codec.decode_split` pa
 skeleton (the body with the content of each innermost array cut out: a few hundred bytes
 of keys and scalars) and each array's content on its own, and it is that parsing which
 proves the split right: an array's content that parses as numbers holds no quote, so no
-cut falls within a string, and a bracket inside a string leaves `[]` in a key, which the
-skeleton's exact keys refuse.
+cut falls within a string; a skeleton that passes holds no string but its keys, and a cut
+within a key would leave `[]` in it, which the skeleton's exact keys refuse.
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["Skeleton", "bracket_positions", "skeleton"]
+__all__ = ["Skeleton", "bracket_positions", "count_byte", "skeleton"]
 
-# Positions are found this many bytes at a time, so that the comparison's temporary of
-# booleans stays small whatever the body's size.
+# A body is compared with a byte this many bytes at a time, so that the comparison's
+# temporary of booleans stays small whatever the body's size.
 _SLICE_BYTES = 1 << 18
+# The offsets `Skeleton.text` turns into Python ints at a time.
 _SPANS_AT_A_TIME = 4096
 
 
@@ -27,9 +28,9 @@ _SPANS_AT_A_TIME = 4096
 class Skeleton:
     """A body's innermost arrays: the offsets of each one's '[' and ']', in the body's order.
 
-    Offsets as NumPy arrays, 16 bytes an array whatever their number (a body of many rows
-    is refused by size elsewhere, but a Python tuple per row would weigh more than a short
-    row's text).
+    Offsets as NumPy arrays, 16 bytes an array: a body is split only with at most one
+    array per 256 bytes of it, and a Python object per row would weigh as much as a short
+    row's text.
     """
 
     body: bytes | bytearray
@@ -63,6 +64,23 @@ class Skeleton:
                 start = close_at
         text += view[start:]
         return bytes(text)
+
+
+def count_byte(body: bytes | bytearray, byte: bytes) -> int:
+    """How many times `byte` occurs in `body`.
+
+    `bytes.count` of one byte compares byte by byte (about 0.25 ns a byte here, 0.5 for a
+    frequent one); NumPy's comparison and count run vectorised, about four times faster
+    on a large body, over slices of `_SLICE_BYTES`.
+    """
+    if len(body) <= _SLICE_BYTES:
+        return body.count(byte)
+    data = np.frombuffer(body, dtype=np.uint8)
+    value = byte[0]
+    return sum(
+        int(np.count_nonzero(data[start : start + _SLICE_BYTES] == value))
+        for start in range(0, data.size, _SLICE_BYTES)
+    )
 
 
 def bracket_positions(

@@ -42,7 +42,7 @@ from numpy.typing import NDArray
 from ..core import DEFAULT_OPTIONS, InputProblem, UpdateOptions, UpdateResult
 from ..core.results import AppliedStep, GradientResult
 from ..errors import InvalidPayloadError, MalformedJsonError
-from .json_brackets import bracket_positions, skeleton
+from .json_brackets import bracket_positions, count_byte, skeleton
 from .json_fields import FLOAT, SCALARS, RequestFields
 from .json_refusal import (
     field_order,
@@ -88,8 +88,6 @@ _PIECE_BYTES = 1 << 20
 # Below this size, decoding costs tens of milliseconds at worst: counting the brackets and
 # commas of every small body (about a nanosecond a byte) would cost more than it saves.
 _COUNTED_BODY_BYTES = 1 << 20
-# `_count` compares slices of this size at a time (a temporary of as many booleans).
-_COUNTED_SLICE_BYTES = 1 << 18
 
 # The typed decode: the options are few and small, msgspec keeps each as its raw JSON
 # (empty when absent) and read_options has the Pydantic model of the options read them.
@@ -144,7 +142,7 @@ def decode_request(body: bytes | bytearray, max_elements: int | None = None) -> 
     # Every later use of the brackets reads these; their offsets only for a body of few
     # arrays, the only one the fast paths take.
     opening = bracket_positions(body, b"[", len(body) // _FAST_ROW_BYTES)
-    brackets = _count(body, b"[") if opening is None else opening.size
+    brackets = count_byte(body, b"[") if opening is None else opening.size
     if len(body) > _COUNTED_BODY_BYTES:
         _refuse_overfull(body, brackets)
     if opening is not None:
@@ -291,24 +289,6 @@ def _plain_scalar(value: object) -> float | None:
     return None
 
 
-def _count(body: bytes | bytearray, byte: bytes) -> int:
-    """How many times `byte` occurs in `body`.
-
-    `bytes.count` of one byte compares byte by byte (about 0.25 ns a byte here, 0.5 for a
-    frequent one); NumPy's comparison and count run vectorised, about four times faster
-    on a large body, over slices of `_COUNTED_SLICE_BYTES` so that the comparison's
-    temporary stays small.
-    """
-    if len(body) <= _COUNTED_SLICE_BYTES:
-        return body.count(byte)
-    data = np.frombuffer(body, dtype=np.uint8)
-    value = byte[0]
-    return sum(
-        int(np.count_nonzero(data[start : start + _COUNTED_SLICE_BYTES] == value))
-        for start in range(0, data.size, _COUNTED_SLICE_BYTES)
-    )
-
-
 def _decode_typed(body: bytes | bytearray, max_elements: int | None) -> UpdatePayload:
     """The payload of a body through lists of Python floats, or the problems that refuse it."""
     request = _fast_decode(body)
@@ -372,7 +352,7 @@ def decode_fast(
     expected = len(_VECTORS) + 1 + len(rows)
     expected += sum(bytes(raw).count(b"[") for name in OPTIONS if (raw := getattr(request, name)))
     if brackets is None:
-        brackets = _count(body, b"[")
+        brackets = count_byte(body, b"[")
     if options is None or option_problems or brackets != expected:
         return None
     parser = simdjson.Parser()
@@ -466,7 +446,7 @@ def _refuse_overfull(body: bytes | bytearray, brackets: int) -> None:
     short numbers, each field's length is checked (`json_refusal.overfull`).
     """
     too_many_arrays = brackets > most_arrays(len(body))
-    if too_many_arrays or _count(body, b",") > most_short_numbers(len(body)):
+    if too_many_arrays or count_byte(body, b",") > most_short_numbers(len(body)):
         problem = overfull(body, sure=too_many_arrays)
         if problem is not None:
             raise problem
