@@ -11,13 +11,14 @@ after a graceful shutdown on SIGTERM, whenever the signal comes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -81,15 +82,30 @@ def _raise_open_files_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(0)
+def _exit_handler(made: Path | None) -> Callable[[int, FrameType | None], None]:
+    """The SIGTERM handler of the process whenever uvicorn does not handle the signal itself.
 
+    That is before uvicorn serves (the imports, the settings, the server's own setup), and
+    after: uvicorn raises the signal again once its graceful shutdown is done. The handler
+    ends the process there and then, with status 0, having removed the metrics directory
+    `made` for the workers. It raises nothing: an exception raised from a signal handler
+    lands in whatever code runs at that moment, and a library callback may turn it into an
+    error of its own (pydantic-core, building validators, answers a SchemaError), or a
+    finalizer swallow it ("Exception ignored in ..."), after which the server would start
+    as if no signal had come.
+    """
 
-def _exit_at_once(signum: int, frame: FrameType | None) -> None:
-    # Nothing is started yet, so there is nothing to shut down; an exception raised here
-    # could land inside a library's callback, which may turn it into an error of its own
-    # (pydantic-core, building the settings' validators, answers a SchemaError).
-    os._exit(0)
+    def exit_now(signum: int, frame: FrameType | None) -> None:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+        # Whatever was printed still reaches its reader; the signal may have come in the
+        # middle of a write, and that write's own flush does the rest.
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(0)
+
+    return exit_now
 
 
 # The factory and the HTTP protocol by their import paths, whatever name this package is
@@ -104,9 +120,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     A setting the service cannot run with ends the process with status 2 and one line
     on stderr that names the variable.
     """
-    # Installed first: while the imports and the settings are read, SIGTERM ends the
-    # process at once with status 0.
-    signal.signal(signal.SIGTERM, _exit_at_once)
+    # Installed first: until uvicorn handles SIGTERM, and once it is done with it, the
+    # signal ends the process at once with status 0.
+    signal.signal(signal.SIGTERM, _exit_handler(None))
     arguments = _arguments(argv)
     import uvicorn
 
@@ -118,13 +134,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     except SettingsError as exc:
         print(f"python -m {__package__}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    # From here on a SIGTERM ends the process through SystemExit, so that the `finally`
-    # below removes the metrics directory. uvicorn handles SIGTERM while it serves, and
-    # raises the signal again once its graceful shutdown is done; this handler then ends
-    # the process with status 0 instead of -15.
-    signal.signal(signal.SIGTERM, _exit_cleanly)
     _raise_open_files_limit()
-    made = prepare_metrics_dir(settings.web_concurrency)
+    # Held back while the directory is made, so that no SIGTERM leaves it behind: the
+    # handler that removes it is in place before the signal is taken.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        made = prepare_metrics_dir(settings.web_concurrency)
+        signal.signal(signal.SIGTERM, _exit_handler(made))
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     timeout = arguments.timeout_graceful_shutdown
     try:
         uvicorn.run(

@@ -73,7 +73,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # collection scans what requests leave behind, not tens of thousands of objects that
     # would hold the event loop for tens of milliseconds while /healthz waits.
     gc.freeze()
-    lifecycle.phase = Phase.READY
+    # A SIGTERM since the drain's handler went in has made the service stopping already.
+    if lifecycle.phase is Phase.STARTING:
+        lifecycle.phase = Phase.READY
     try:
         yield
     finally:

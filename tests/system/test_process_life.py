@@ -57,8 +57,54 @@ def test_sigterm_at_any_moment_of_the_start_exits_0(workers: int, delay: float) 
     )
     time.sleep(delay)
     process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=30)
+    try:
+        _, stderr = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        _, stderr = process.communicate()
+        pytest.fail(f"still running 30 s after SIGTERM: {stderr.decode()[-2000:]}")
     assert process.returncode == 0, stderr.decode()[-2000:]
+
+
+# Between the settings and the server's own handling of the signal (uvicorn sets itself
+# up, the metrics directory of the workers is made), inside code that keeps going whatever
+# a callback raises, as a finalizer does ("Exception ignored in ...").
+_SIGTERM_WHILE_UVICORN_SETS_UP = """
+import os, signal, sys, time
+import uvicorn
+
+def run(*args, **kwargs):
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+    except BaseException as exc:
+        print(f"the library caught {exc!r}", file=sys.stderr, flush=True)
+    raise AssertionError("the SIGTERM was not handled")
+
+uvicorn.run = run
+from app.__main__ import main
+main(["--no-access-log"])
+"""
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_while_uvicorn_sets_up_exits_0_and_leaves_no_metrics_dir(
+    workers: int, tmp_path: Path
+) -> None:
+    env = {**os.environ, "PORT": str(free_port()), "WEB_CONCURRENCY": str(workers)}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env["TMPDIR"] = str(tmp_path)  # where the workers' metrics directory is made
+    result = subprocess.run(
+        [sys.executable, "-c", _SIGTERM_WHILE_UVICORN_SETS_UP],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    assert b"caught" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 # Reading the settings, as a library would that turns any exception raised in a callback
