@@ -22,8 +22,11 @@ as raw JSON, are read by the Pydantic model of the options (`json_refusal.read_o
 a body of the right types whose values break a rule (empty arrays, rows of the wrong
 length, a negative beta or lr) is worded from what msgspec decoded, and any other body
 msgspec refuses is read again, field by field, by `json_refusal.refusal`, at a cost
-bounded by its answer. Every path parses each number to the same correctly rounded
-float64. The README's Performance section has the measurements behind this split.
+bounded by its answer. A body over 16 KiB of few arrays (the fast paths' kind), or any
+over 1 MiB, takes that typed decode an array and a row at a time (`_decode_staged`): the
+same answers, with the Python floats of one array at most held at once. Every path
+parses each number to the same correctly rounded float64. The README's Performance
+section has the measurements behind this split.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from ..core import DEFAULT_OPTIONS, InputProblem, UpdateOptions, UpdateResult
 from ..core.results import AppliedStep, GradientResult
 from ..errors import InvalidPayloadError, MalformedJsonError
 from .json_brackets import bracket_positions, count_byte, skeleton
-from .json_fields import FLOAT, SCALARS, RequestFields
+from .json_fields import FIELD_DECODERS, FLOAT, ROW_DECODER, SCALARS, RequestFields
 from .json_refusal import (
     field_order,
     field_problem,
@@ -80,8 +83,8 @@ _MATRIX = "log_prob_grads"
 # hundred KB at most, whatever RLHF_MAX_ELEMENTS.
 _TYPED_BYTES = 16 * 1024
 # The fast path parses each array and row on its own: for arrays shorter than this on
-# average (millions of short rows), one typed decode of the whole body is the faster, and
-# a refused body is not parsed row by row before it is worded.
+# average (millions of short rows), msgspec's typed decode is the faster, and a refused
+# body is not parsed row by row before it is worded.
 _FAST_ROW_BYTES = 256
 # Arrays longer than this are parsed piece by piece (see `_pieces`).
 _PIECE_BYTES = 1 << 20
@@ -98,19 +101,29 @@ _FastRequest = msgspec.defstruct(
     forbid_unknown_fields=True,
 )
 _FAST_DECODER = msgspec.json.Decoder(_FastRequest)
-# The structure only: each vector and each row of the matrix as raw JSON, a view on the body.
-_RAW_DECODER: msgspec.json.Decoder[Any] = msgspec.json.Decoder(
-    msgspec.defstruct(
-        "_RawRequest",
-        [
-            *((vector, msgspec.Raw) for vector in _VECTORS),
-            (_MATRIX, list[msgspec.Raw]),
-            *((scalar, float) for scalar in SCALARS),
-            *((option, msgspec.Raw, msgspec.Raw()) for option in OPTIONS),
-        ],
-        forbid_unknown_fields=True,
+
+
+def _structure_decoder(name: str, scalar: type) -> msgspec.json.Decoder[Any]:
+    """The structure only: each vector and each row of the matrix as raw JSON, a view on
+    the body; beta and lr as `scalar`."""
+    return msgspec.json.Decoder(
+        msgspec.defstruct(
+            name,
+            [
+                *((vector, msgspec.Raw) for vector in _VECTORS),
+                (_MATRIX, list[msgspec.Raw]),
+                *((field, scalar) for field in SCALARS),
+                *((option, msgspec.Raw, msgspec.Raw()) for option in OPTIONS),
+            ],
+            forbid_unknown_fields=True,
+        )
     )
-)
+
+
+_RAW_DECODER = _structure_decoder("_RawRequest", float)
+# The typed decode's, for `_decode_staged`: the scalars raw, as there, so that a message
+# can quote them.
+_STAGED_DECODER = _structure_decoder("_StagedRequest", msgspec.Raw)
 # The fields of a body that sends no option: `decode_plain` reads these bodies whole.
 _PLAIN_FIELDS = frozenset((*_VECTORS, _MATRIX, *SCALARS))
 # What the skeleton of such a body (`decode_split`) holds beyond its arrays' brackets: its
@@ -151,6 +164,8 @@ def decode_request(body: bytes | bytearray, max_elements: int | None = None) -> 
             payload = decode_fast(body, max_elements, brackets)
         if payload is not None:
             return payload
+    if opening is not None or len(body) > _COUNTED_BODY_BYTES:
+        return _decode_staged(body, max_elements)
     return _decode_typed(body, max_elements)
 
 
@@ -294,6 +309,95 @@ def _decode_typed(body: bytes | bytearray, max_elements: int | None) -> UpdatePa
     request = _fast_decode(body)
     if isinstance(request, msgspec.DecodeError):
         raise refusal(body, request)
+    rows = request.log_prob_grads
+    lengths = np.fromiter(map(len, rows), np.int64, len(rows))
+    n = len(request.weights)
+    beta, lr, options = _checked_values(request, n, len(request.rewards), lengths)
+    if max_elements is not None:
+        check_element_count(len(request.rewards), n, int(lengths.sum()), max_elements)
+    return UpdatePayload(
+        weights=np.array(request.weights, dtype=np.float64),
+        rewards=np.array(request.rewards, dtype=np.float64),
+        policy_log_probs=np.array(request.policy_log_probs, dtype=np.float64),
+        ref_log_probs=np.array(request.ref_log_probs, dtype=np.float64),
+        log_prob_grads=_matrix(rows, n),
+        beta=beta,
+        lr=lr,
+        options=options,
+    )
+
+
+def _decode_staged(body: bytes | bytearray, max_elements: int | None) -> UpdatePayload:
+    """`_decode_typed` for a large body, one array or one row at a time.
+
+    The same decoders on the same values, so the same payload or the same refusal; but
+    the Python floats of one vector or one row at most are held at once, each array
+    turned into float64 as soon as it is read. A body the fast paths did not take whole
+    (a non-number in an array, a ragged row, an integer beyond 64 bits, a bad option,
+    millions of short rows) costs the float64 of its arrays, not 32 bytes a number.
+    """
+    try:
+        request = _STAGED_DECODER.decode(body)
+    except RecursionError:
+        raise nested_too_deeply() from None
+    except msgspec.DecodeError:
+        # Not JSON, not an object, a key unknown or missing, a matrix that is not an
+        # array: the typed decode refuses each of these too, and `refusal` words them.
+        raise refusal(body) from None
+    arrays = _staged_arrays(request)
+    if arrays is None:
+        # Raised here, once the arrays read so far and the failure's frames are gone.
+        raise refusal(body)
+    vectors, grads, lengths = arrays
+    beta, lr, options = _checked_values(
+        request, vectors["weights"].size, vectors["rewards"].size, lengths
+    )
+    if max_elements is not None:
+        n = vectors["weights"].size
+        check_element_count(vectors["rewards"].size, n, int(lengths.sum()), max_elements)
+    fields: dict[str, Any] = vectors
+    return UpdatePayload(**fields, log_prob_grads=grads, beta=beta, lr=lr, options=options)
+
+
+def _staged_arrays(
+    request: object,
+) -> tuple[dict[str, NDArray[np.float64]], NDArray[np.float64], NDArray[np.int64]] | None:
+    """The vectors, the rows of the weights' length and every row's length; None when an
+    array does not decode (msgspec's typed decode would refuse the body)."""
+    rows: list[msgspec.Raw] = getattr(request, _MATRIX)
+    vectors: dict[str, NDArray[np.float64]] = {}
+    try:
+        for name in _VECTORS:
+            values = FIELD_DECODERS[name].decode(getattr(request, name))
+            vectors[name] = np.array(values, dtype=np.float64)
+            del values
+        n = vectors["weights"].size
+        lengths = np.empty(len(rows), np.int64)
+        # Pages are taken as rows are written: a refused body touches those read so far.
+        grads = np.empty((len(rows), n))
+        for index, raw in enumerate(rows):
+            row = ROW_DECODER.decode(raw)
+            lengths[index] = len(row)
+            if len(row) == n:
+                grads[index] = row
+            del row
+    except msgspec.ValidationError:
+        return None
+    return vectors, grads, lengths
+
+
+def _checked_values(
+    request: object, weights: int, rewards: int, row_lengths: NDArray[np.int64]
+) -> tuple[float, float, UpdateOptions]:
+    """beta, lr and the options of a body whose arrays have the right types (`weights`
+    and `rewards` their sizes, `row_lengths` the rows').
+
+    Raises
+    ------
+    InvalidPayloadError
+        Naming every problem of its values: beta or lr not a number or below 0, empty
+        weights or rewards, rows of another length than the weights, the options'.
+    """
     problems: list[InputProblem] = []
     scalars: dict[str, tuple[float, bytes]] = {}
     for name in SCALARS:
@@ -302,29 +406,14 @@ def _decode_typed(body: bytes | bytearray, max_elements: int | None) -> UpdatePa
             scalars[name] = (FLOAT.decode(raw), bytes(raw))
         except msgspec.ValidationError as exc:
             problems.append(field_problem(name, raw, exc))
-    found, unlisted = value_problems(
-        request.weights, request.rewards, request.log_prob_grads, scalars
-    )
+    found, unlisted = value_problems(weights, rewards, row_lengths, scalars)
     options, option_problems = read_options(
         {name: raw for name in OPTIONS if (raw := getattr(request, name))}
     )
     problems = sorted([*problems, *found, *option_problems], key=field_order)
     if problems or options is None:
         raise InvalidPayloadError(problems, unlisted=unlisted)
-    n = len(request.weights)
-    if max_elements is not None:
-        grads = sum(map(len, request.log_prob_grads))
-        check_element_count(len(request.rewards), n, grads, max_elements)
-    return UpdatePayload(
-        weights=np.array(request.weights, dtype=np.float64),
-        rewards=np.array(request.rewards, dtype=np.float64),
-        policy_log_probs=np.array(request.policy_log_probs, dtype=np.float64),
-        ref_log_probs=np.array(request.ref_log_probs, dtype=np.float64),
-        log_prob_grads=_matrix(request.log_prob_grads, n),
-        beta=scalars["beta"][0],
-        lr=scalars["lr"][0],
-        options=options,
-    )
+    return scalars["beta"][0], scalars["lr"][0], options
 
 
 def decode_fast(

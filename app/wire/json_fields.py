@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, get_args
 
 import msgspec
 
-__all__ = ["ARRAYS", "FIELD_DECODERS", "FLOAT", "SCALARS", "RequestFields"]
+__all__ = ["ARRAYS", "FIELD_DECODERS", "FLOAT", "MATRIX", "ROW_DECODER", "SCALARS", "RequestFields"]
 
 
 class RequestFields(msgspec.Struct, forbid_unknown_fields=True):
@@ -41,3 +41,9 @@ FIELD_DECODERS: Mapping[str, msgspec.json.Decoder[Any]] = {
     },
     **dict.fromkeys(SCALARS, FLOAT),
 }
+MATRIX = "log_prob_grads"
+# One row of the matrix on its own, as `RequestFields` reads each: a body's rows can be
+# read one at a time, so that their Python floats are never all held at once.
+ROW_DECODER: msgspec.json.Decoder[Any] = msgspec.json.Decoder(
+    *get_args({field.name: field.type for field in msgspec.structs.fields(RequestFields)}[MATRIX])
+)

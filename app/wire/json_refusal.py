@@ -17,11 +17,12 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
 import numpy as np
+from numpy.typing import NDArray
 from pydantic import ValidationError
 
 from ..core import (
@@ -33,7 +34,7 @@ from ..core import (
 )
 from ..core.results import Loc
 from ..errors import InvalidPayloadError, MalformedJsonError, ProblemError
-from .json_fields import ARRAYS, FIELD_DECODERS, SCALARS
+from .json_fields import ARRAYS, FIELD_DECODERS, MATRIX, ROW_DECODER, SCALARS
 from .messages import (
     ARRAYS_AND_SCALARS,
     FIELDS,
@@ -129,11 +130,18 @@ def refusal(body: bytes | bytearray, failure: msgspec.DecodeError | None = None)
         elif name in accepted and name in ARRAYS:
             if name in _NON_EMPTY and _EMPTY_ARRAY.fullmatch(memoryview(raw)):
                 problems.append(InputProblem((name,), empty_array(name)))
+        elif name == MATRIX:
+            if (row_problem := _matrix_problem(raw)) is not None:
+                problems.append(row_problem)
         else:
             try:
-                decoded[name] = FIELD_DECODERS[name].decode(raw)
+                value = FIELD_DECODERS[name].decode(raw)
             except msgspec.ValidationError as exc:
                 problems.append(field_problem(name, raw, exc))
+                continue
+            # An array's size is all that is looked at: its floats go at once.
+            decoded[name] = value if name in SCALARS else len(value)
+            del value
     scalars = {name: (decoded[name], bytes(fields[name])) for name in SCALARS if name in decoded}
     # Rows of the wrong length are looked for on the fast path only, once every field has
     # the right type: here something else is always wrong, and which fields were decoded
@@ -214,27 +222,27 @@ def overfull(body: bytes | bytearray, *, sure: bool) -> ProblemError | None:
 
 
 def value_problems(
-    weights: Sequence[float] | None,
-    rewards: Sequence[float] | None,
-    rows: Sequence[Sequence[float]] | None,
+    weights: int | None,
+    rewards: int | None,
+    row_lengths: NDArray[np.int64] | None,
     scalars: Mapping[str, tuple[float, bytes]],
 ) -> tuple[list[InputProblem], int]:
     """Problems of values that decoded to the right types, and how many more were counted.
 
-    Empty weights or rewards, rows of log_prob_grads whose length is not len(weights) (the
-    first `MAX_LISTED_PROBLEMS` worded, the rest counted), beta or lr below 0. `scalars`
-    maps beta and lr, when decoded, to their value and their raw JSON text.
+    Empty weights or rewards (`weights` and `rewards` are their sizes, when decoded), rows
+    of log_prob_grads whose length (in `row_lengths`) is not that of the weights (the first
+    `MAX_LISTED_PROBLEMS` worded, the rest counted), beta or lr below 0. `scalars` maps
+    beta and lr, when decoded, to their value and their raw JSON text.
     """
     problems = [
         InputProblem((name,), empty_array(name))
-        for name, values in (("weights", weights), ("rewards", rewards))
-        if values is not None and not values
+        for name, size in (("weights", weights), ("rewards", rewards))
+        if size == 0
     ]
     unlisted = 0
-    n = len(weights) if weights else 0
-    # The distinct lengths first: no temporary of the rows' size unless some are wrong.
-    if n and rows is not None and set(map(len, rows)) - {n}:
-        lengths = np.fromiter(map(len, rows), np.int64, len(rows))
+    n = weights or 0
+    if n and row_lengths is not None and (row_lengths != n).any():
+        lengths = row_lengths
         ragged = np.flatnonzero(lengths != n)
         problems += [
             InputProblem(("log_prob_grads", int(i)), wrong_row_length(int(i), int(lengths[i]), n))
@@ -430,6 +438,26 @@ def field_problem(name: str, raw: msgspec.Raw, exc: msgspec.ValidationError) -> 
     if path is None:  # msgspec worded this error in a way not read here: pass it on
         return InputProblem((name,), f"{name}: {shorten(str(exc), 200)}")
     return _problem_at(name, raw, path)
+
+
+def _matrix_problem(raw: msgspec.Raw) -> InputProblem | None:
+    """The first problem of log_prob_grads, read a row at a time (None if it has none).
+
+    The problem its decoder would name, with the Python floats of one row at most held.
+    """
+    try:
+        rows = _ITEMS.decode(raw)
+    except msgspec.ValidationError as exc:
+        return field_problem(MATRIX, raw, exc)
+    for index, row in enumerate(rows):
+        try:
+            ROW_DECODER.decode(row)
+        except msgspec.ValidationError as exc:
+            path = _path(exc)
+            if path is None:
+                return InputProblem((MATRIX,), f"{MATRIX}: {shorten(str(exc), 200)}")
+            return _problem_at(MATRIX, raw, (index, *path))
+    return None
 
 
 def _problem_at(name: str, raw: msgspec.Raw, path: tuple[int, ...]) -> InputProblem:
