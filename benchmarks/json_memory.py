@@ -2,8 +2,10 @@
 
 Each case is decoded by `app.wire.json_codec.decode_request` in a fresh process (Linux:
 VmHWM after clear_refs), and its growth printed as a ratio to the body. Zeros as `0.0`,
-the shortest float literals orjson writes; the refused bodies are the same with the last
-entry of the last row replaced (a string) or left out (a short row), or a key added.
+the shortest float literals orjson writes; the others are the same with the last entry
+of the last row replaced (a string, or an integer beyond 64 bits, which only msgspec
+reads) or left out (a short row), or a key added. `tests/system/test_json_memory.py`
+runs the same measure.
 `make bench` measures one of these shapes (64 x 234375, accepted) on the live service.
 """
 
@@ -15,7 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAPES = [(64, 234_375), (1, 7_000_000), (1000, 15_000), (200_000, 60), (2_000_000, 4)]
-CASES = ("accepted", "a string", "a short row", "an unknown key")
+CASES = ("accepted", "a big integer", "a string", "a short row", "an unknown key")
 
 SCRIPT = """
 import sys
@@ -24,7 +26,11 @@ from app.wire.json_codec import decode_request
 
 b, n, case = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 zeros = lambda count: "[" + ",".join(["0.0"] * count) + "]"
-last = {"a string": zeros(n - 1)[:-1] + ',"x"]', "a short row": zeros(n - 1)}.get(case, zeros(n))
+last = {
+    "a string": zeros(n - 1)[:-1] + ',"x"]',
+    "a short row": zeros(n - 1),
+    "a big integer": zeros(n - 1)[:-1] + "," + "1" * 30 + "]",
+}.get(case, zeros(n))
 rows = ",".join([zeros(n)] * (b - 1) + [last])
 extra = ',"bogus":1' if case == "an unknown key" else ""
 body = bytearray(
@@ -42,10 +48,11 @@ open("/proc/self/clear_refs", "w").write("5")
 before = status("VmRSS")
 try:
     decode_request(body, None)
-    outcome = "accepted"
+    outcome, message = "accepted", ""
 except ProblemError as problem:
     outcome = str(problem.status)
-print(len(body), (status("VmHWM") - before) / len(body), outcome)
+    message = problem.problems[0].msg if problem.problems else problem.detail
+print(len(body), (status("VmHWM") - before) / len(body), outcome, message)
 """
 
 
@@ -58,7 +65,7 @@ def main() -> None:
         for case in CASES:
             command = [sys.executable, "-c", SCRIPT, str(b), str(n), case]
             out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
-            size, growth, outcome = out.stdout.split()
+            size, growth, outcome = out.stdout.split(maxsplit=3)[:3]
             megabytes = int(size) / 1e6
             print(f"| {b} x {n} | {megabytes:.0f} | {case} | {outcome} | {float(growth):.2f} |")
 
