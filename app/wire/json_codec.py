@@ -46,7 +46,7 @@ from ..core import DEFAULT_OPTIONS, InputProblem, UpdateOptions, UpdateResult
 from ..core.results import AppliedStep, GradientResult
 from ..errors import InvalidPayloadError, MalformedJsonError
 from .json_brackets import bracket_positions, count_byte, skeleton
-from .json_fields import FIELD_DECODERS, FLOAT, ROW_DECODER, SCALARS, RequestFields
+from .json_fields import FIELD_DECODERS, FLOAT, MATRIX, ROW_DECODER, SCALARS, RequestFields
 from .json_refusal import (
     field_order,
     field_problem,
@@ -77,7 +77,6 @@ __all__ = [
 # The 1-D arrays of the request, in the order the fast path reads them; one name each (an
 # UpdatePayload field of the same name receives it, on both paths).
 _VECTORS = ("weights", "rewards", "policy_log_probs", "ref_log_probs")
-_MATRIX = "log_prob_grads"
 # Bodies up to this size take the typed decode: with one call instead of one per array
 # and row it is the faster there, and the Python floats of 16 KiB of text weigh a few
 # hundred KB at most, whatever RLHF_MAX_ELEMENTS.
@@ -111,7 +110,7 @@ def _structure_decoder(name: str, scalar: type) -> msgspec.json.Decoder[Any]:
             name,
             [
                 *((vector, msgspec.Raw) for vector in _VECTORS),
-                (_MATRIX, list[msgspec.Raw]),
+                (MATRIX, list[msgspec.Raw]),
                 *((field, scalar) for field in SCALARS),
                 *((option, msgspec.Raw, msgspec.Raw()) for option in OPTIONS),
             ],
@@ -125,7 +124,7 @@ _RAW_DECODER = _structure_decoder("_RawRequest", float)
 # can quote them.
 _STAGED_DECODER = _structure_decoder("_StagedRequest", msgspec.Raw)
 # The fields of a body that sends no option: `decode_plain` reads these bodies whole.
-_PLAIN_FIELDS = frozenset((*_VECTORS, _MATRIX, *SCALARS))
+_PLAIN_FIELDS = frozenset((*_VECTORS, MATRIX, *SCALARS))
 # What the skeleton of such a body (`decode_split`) holds beyond its arrays' brackets: its
 # keys, its two scalars and the whitespace between them, at most this many bytes; and per
 # array, its brackets, a comma and the whitespace of a line of its own. A larger skeleton
@@ -230,7 +229,7 @@ def decode_split(
         vector_spans: dict[str, int] = {}
         first_row = index = 0
         for name in cast(simdjson.Object, document).keys():  # noqa: SIM118 (not a dict)
-            if name == _MATRIX:
+            if name == MATRIX:
                 first_row = index
                 index += len(rows)
             elif name not in SCALARS:
@@ -271,7 +270,7 @@ def _plain_fields(document: object) -> _PlainFields | None:
     if len(keys) != len(_PLAIN_FIELDS) or set(keys) != _PLAIN_FIELDS:
         return None
     beta, lr = (_plain_scalar(document[name]) for name in SCALARS)
-    rows = document[_MATRIX]
+    rows = document[MATRIX]
     vectors = [document[name] for name in _VECTORS]
     if (
         beta is None
@@ -364,7 +363,7 @@ def _staged_arrays(
 ) -> tuple[dict[str, NDArray[np.float64]], NDArray[np.float64], NDArray[np.int64]] | None:
     """The vectors, the rows of the weights' length and every row's length; None when an
     array does not decode (msgspec's typed decode would refuse the body)."""
-    rows: list[msgspec.Raw] = getattr(request, _MATRIX)
+    rows: list[msgspec.Raw] = getattr(request, MATRIX)
     vectors: dict[str, NDArray[np.float64]] = {}
     try:
         for name in _VECTORS:
@@ -431,7 +430,7 @@ def decode_fast(
         request = _RAW_DECODER.decode(body)
     except (msgspec.DecodeError, RecursionError):  # the typed path words either
         return None
-    rows: list[msgspec.Raw] = getattr(request, _MATRIX)
+    rows: list[msgspec.Raw] = getattr(request, MATRIX)
     options, option_problems = read_options(
         {name: raw for name in OPTIONS if (raw := getattr(request, name))}
     )

@@ -242,10 +242,9 @@ def value_problems(
     unlisted = 0
     n = weights or 0
     if n and row_lengths is not None and (row_lengths != n).any():
-        lengths = row_lengths
-        ragged = np.flatnonzero(lengths != n)
+        ragged = np.flatnonzero(row_lengths != n)
         problems += [
-            InputProblem(("log_prob_grads", int(i)), wrong_row_length(int(i), int(lengths[i]), n))
+            InputProblem((MATRIX, int(i)), wrong_row_length(int(i), int(row_lengths[i]), n))
             for i in ragged[:MAX_LISTED_PROBLEMS]
         ]
         unlisted = max(ragged.size - MAX_LISTED_PROBLEMS, 0)
