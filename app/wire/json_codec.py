@@ -82,8 +82,7 @@ _VECTORS = ("weights", "rewards", "policy_log_probs", "ref_log_probs")
 # hundred KB at most, whatever RLHF_MAX_ELEMENTS.
 _TYPED_BYTES = 16 * 1024
 # The fast path parses each array and row on its own: for arrays shorter than this on
-# average (millions of short rows), msgspec's typed decode is the faster, and a refused
-# body is not parsed row by row before it is worded.
+# average (millions of short rows), msgspec's decoders are the faster.
 _FAST_ROW_BYTES = 256
 # Arrays longer than this are parsed piece by piece (see `_pieces`).
 _PIECE_BYTES = 1 << 20
