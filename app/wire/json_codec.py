@@ -342,7 +342,7 @@ def _decode_staged(body: bytes | bytearray, max_elements: int | None) -> UpdateP
         # Not JSON, not an object, a key unknown or missing, a matrix that is not an
         # array: the typed decode refuses each of these too, and `refusal` words them.
         raise refusal(body) from None
-    arrays = _staged_arrays(request)
+    arrays = _staged_arrays(request, max_elements)
     if arrays is None:
         # Raised here, once the arrays read so far and the failure's frames are gone.
         raise refusal(body)
@@ -358,10 +358,14 @@ def _decode_staged(body: bytes | bytearray, max_elements: int | None) -> UpdateP
 
 
 def _staged_arrays(
-    request: object,
+    request: object, max_elements: int | None
 ) -> tuple[dict[str, NDArray[np.float64]], NDArray[np.float64], NDArray[np.int64]] | None:
     """The vectors, the rows of the weights' length and every row's length; None when an
-    array does not decode (msgspec's typed decode would refuse the body)."""
+    array does not decode (msgspec's typed decode would refuse the body).
+
+    Raises `TooManyElementsError` as `decode_fast` does, once the vectors are read and
+    before the rows are.
+    """
     rows: list[msgspec.Raw] = getattr(request, MATRIX)
     vectors: dict[str, NDArray[np.float64]] = {}
     try:
@@ -370,6 +374,8 @@ def _staged_arrays(
             vectors[name] = np.array(values, dtype=np.float64)
             del values
         n = vectors["weights"].size
+        if max_elements is not None:
+            check_element_count(vectors["rewards"].size, n, len(rows) * n, max_elements)
         lengths = np.empty(len(rows), np.int64)
         # Pages are taken as rows are written: a refused body touches those read so far.
         grads = np.empty((len(rows), n))
