@@ -33,6 +33,7 @@ from app.wire.json_codec import (
     decode_split,
 )
 from app.wire.payload import UpdatePayload
+from tests.helpers.json_bodies import Edits, body_of, broken, edits
 
 
 def split(body: bytes | bytearray, max_elements: int | None) -> UpdatePayload | None:
@@ -60,21 +61,6 @@ def reference(literal: str) -> float:
 
 def bits(values: list[float]) -> bytes:
     return struct.pack(f"<{len(values)}d", *values)
-
-
-def body_of(weights: str, rows: list[str] | None = None, /, **fields: str) -> bytes:
-    """A request body with `weights` (a JSON array, as text) and rows of the same length."""
-    rows = rows if rows is not None else [weights, weights]
-    parts = {
-        "weights": weights,
-        "rewards": "[" + ",".join(["1"] * len(rows)) + "]",
-        "policy_log_probs": "[" + ",".join(["-1"] * len(rows)) + "]",
-        "ref_log_probs": "[" + ",".join(["-1.5"] * len(rows)) + "]",
-        "log_prob_grads": "[" + ",".join(rows) + "]",
-        "beta": "0.5",
-        "lr": "0",
-    } | fields
-    return ("{" + ",".join(f'"{k}": {v}' for k, v in parts.items()) + "}").encode()
 
 
 CORPUS = [
@@ -303,28 +289,12 @@ def test_the_element_limit_also_holds_on_the_typed_path() -> None:
     assert decode_request(body, max_elements=11).weights.size == 3
 
 
-# Fragments that break a body in the ways a parser must not trip over: other JSON types
-# where numbers or arrays belong, brackets and commas out of place, literals beyond float64.
-FRAGMENTS = [b'{"a": 1}', b'"x"', b"null", b"true", b"[]", b"[[1]]", b"{}", b"1e999", b"-"]
-FRAGMENTS += [b"1" * 40, b"0", b"-0", b",", b"]", b"[", b": ", b'"weights"', b'"lr"', b'"beta"']
-FRAGMENTS += [b'"', b'"[', b']"', b'"lr[]"', b"[1]", b"[[]]", b" " * 20]
-
-
 @settings(max_examples=500, deadline=None)
-@given(
-    edits=st.lists(
-        st.tuples(st.integers(0, 10**6), st.integers(0, 6), st.sampled_from(FRAGMENTS)),
-        min_size=1,
-        max_size=3,
-    )
-)
+@given(changes=edits(6))
 def test_a_broken_small_body_is_read_as_the_typed_decode_reads_it_or_left_to_it(
-    edits: list[tuple[int, int, bytes]],
+    changes: Edits,
 ) -> None:
-    body = bytearray(body_of("[1, 2]"))
-    for position, removed, fragment in edits:
-        at = position % len(body)
-        body[at : at + removed] = fragment
+    body = broken(body_of("[1, 2]"), changes)
     for decoder in (decode_plain, split):
         try:
             fast = decoder(body, 100)
