@@ -347,12 +347,11 @@ def _decode_staged(body: bytes | bytearray, max_elements: int | None) -> UpdateP
         # Raised here, once the arrays read so far and the failure's frames are gone.
         raise refusal(body)
     vectors, grads, lengths = arrays
+    # Every row is as long as the weights once these pass: the element count checked
+    # before the rows were read is the update's.
     beta, lr, options = _checked_values(
         request, vectors["weights"].size, vectors["rewards"].size, lengths
     )
-    if max_elements is not None:
-        n = vectors["weights"].size
-        check_element_count(vectors["rewards"].size, n, int(lengths.sum()), max_elements)
     fields: dict[str, Any] = vectors
     return UpdatePayload(**fields, log_prob_grads=grads, beta=beta, lr=lr, options=options)
 
@@ -370,9 +369,9 @@ def _staged_arrays(
     vectors: dict[str, NDArray[np.float64]] = {}
     try:
         for name in _VECTORS:
-            values = FIELD_DECODERS[name].decode(getattr(request, name))
-            vectors[name] = np.array(values, dtype=np.float64)
-            del values
+            # One expression: the list of Python floats goes as soon as it is copied.
+            raw = getattr(request, name)
+            vectors[name] = np.array(FIELD_DECODERS[name].decode(raw), dtype=np.float64)
         n = vectors["weights"].size
         if max_elements is not None:
             check_element_count(vectors["rewards"].size, n, len(rows) * n, max_elements)
@@ -384,7 +383,6 @@ def _staged_arrays(
             lengths[index] = len(row)
             if len(row) == n:
                 grads[index] = row
-            del row
     except msgspec.ValidationError:
         return None
     return vectors, grads, lengths
