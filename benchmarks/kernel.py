@@ -2,9 +2,10 @@
 
 For the shapes of `make bench`, best of several runs each (the same matrix each run, so
 what fits stays in the cache): ``coefficient @ grads`` (one BLAS call, not split-invariant)
-against `app.core.kernel.weighted_row_sum` at several tile widths, and the chunked norm of
-the gradient against BLAS's dot. Ratios, not times: the machine is shared, so compare
-within a row.
+against `app.core.kernel.weighted_row_sum` (einsum's one pass, when this NumPy's einsum
+folds the rows in order) and against its ufunc fold at several tile widths (what any
+other layout or build takes), and the chunked norm of the gradient against BLAS's dot.
+Ratios, not times: the machine is shared, so compare within a row.
 """
 
 from __future__ import annotations
@@ -40,16 +41,21 @@ def _dot_norm(values: np.ndarray) -> float:
 def main() -> None:
     rng = np.random.default_rng(0)
     chosen = kernel.TILE_COLUMNS
-    print("B x N          gemv ms  " + "  ".join(f"tile {t:>5}" for t in TILES) + "   norm/dot")
+    print(f"einsum folds the rows in order: {kernel.EINSUM_FOLDS_ROWS}")
+    print(
+        "B x N          gemv ms     kernel  "
+        + "  ".join(f"tile {t:>5}" for t in TILES)
+        + "   norm/dot"
+    )
     for b, n in SHAPES:
         grads = rng.standard_normal((b, n))
         coefficient = rng.standard_normal(b)
         rounds = max(10, min(200, 4_000_000 // (b * n)))
         gemv = best(rounds, np.matmul, coefficient, grads)
-        ratios = []
+        ratios = [best(rounds, kernel.weighted_row_sum, coefficient, grads) / gemv]
         for tile in TILES:
             kernel.TILE_COLUMNS = tile
-            ratios.append(best(rounds, kernel.weighted_row_sum, coefficient, grads) / gemv)
+            ratios.append(best(rounds, kernel._ufunc_fold, coefficient, grads) / gemv)
         kernel.TILE_COLUMNS = chosen
         grad = coefficient @ grads
         dot = best(rounds, _dot_norm, grad)

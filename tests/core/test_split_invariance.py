@@ -9,6 +9,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
+from app.core import kernel
 from app.core.kernel import SMALL_ELEMENTS, TILE_COLUMNS, weighted_row_sum
 from app.core.norms import CHUNK_COLUMNS, chunk_partials, chunked_norm, norm_of_partials
 
@@ -76,6 +77,88 @@ def test_a_single_column_and_a_transposed_copy_get_the_same_bits() -> None:
     assert fortran.tobytes() == whole.tobytes()
     for j in range(9):
         assert weighted_row_sum(weights, matrix[:, j : j + 1])[0] == whole[j]
+
+
+def _spread(rng: np.random.Generator, shape: tuple[int, ...], binades: int) -> np.ndarray:
+    return rng.standard_normal(shape) * 10.0 ** rng.integers(-binades, binades + 1, shape)
+
+
+def test_this_numpy_s_einsum_folds_the_rows_in_order() -> None:
+    # Not a property of the code but of the NumPy it runs on: a build whose einsum fuses
+    # or reorders its sums would still be right, through the ufunc fold, only slower.
+    assert kernel.EINSUM_FOLDS_ROWS
+
+
+@pytest.mark.parametrize(
+    "zeros",
+    ["none", "one column", "a sum of -0.0 products", "many columns", "all"],
+)
+def test_einsum_s_fold_and_the_ufunc_fold_agree_bit_for_bit(zeros: str) -> None:
+    rng = np.random.default_rng(len(zeros))
+    for _ in range(60):
+        rows, columns = int(rng.integers(1, 70)), int(rng.integers(2, 400))
+        weights = _spread(rng, (rows,), 4)
+        full = _spread(rng, (rows, columns + 5), 9)
+        matrix = full[:, 2 : 2 + columns]  # rows apart, as a shard's columns are
+        picked = {
+            "none": [],
+            "one column": [columns // 2],
+            "a sum of -0.0 products": [0, columns - 1],
+            "many columns": rng.choice(columns, columns // 2 + 1, replace=False).tolist(),
+            "all": list(range(columns)),
+        }[zeros]
+        matrix[:, picked] = 0.0
+        if zeros == "a sum of -0.0 products":
+            matrix[:, picked] = np.copysign(0.0, -weights)[:, None]
+        by_einsum = kernel._einsum_fold(weights, matrix)
+        by_ufuncs = kernel._ufunc_fold(weights, matrix)
+        assert by_einsum.tobytes() == by_ufuncs.tobytes(), (rows, columns)
+        for column in {0, columns - 1, *picked[:3]}:
+            expected = _rows_in_order(weights, matrix, column)
+            assert math.copysign(1.0, by_einsum[column]) == math.copysign(1.0, expected)
+            assert by_einsum[column] == expected
+
+
+@pytest.mark.parametrize(
+    "fold",
+    ["BLAS's gemv", "the rows in reverse", "products not rounded"],
+)
+def test_the_probe_turns_down_an_einsum_that_fuses_or_reorders(
+    fold: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def gemv(weights: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+        return np.asarray(weights @ matrix)
+
+    def reversed_rows(weights: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+        return kernel._ufunc_fold(weights[::-1], np.ascontiguousarray(matrix[::-1]))
+
+    def unrounded_products(weights: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+        # Each product kept in extended precision until it is added: a fused multiply-add.
+        total = np.zeros(matrix.shape[1])
+        for weight, row in zip(weights.tolist(), matrix, strict=True):
+            wide = np.longdouble(weight) * row.astype(np.longdouble)
+            total = (total.astype(np.longdouble) + wide).astype(np.float64)
+        return total
+
+    chosen = {
+        "BLAS's gemv": gemv,
+        "the rows in reverse": reversed_rows,
+        "products not rounded": unrounded_products,
+    }[fold]
+    monkeypatch.setattr(
+        np, "einsum", lambda subscripts, weights, matrix, optimize: chosen(weights, matrix)
+    )
+    assert not kernel._einsum_probe()
+
+
+def test_einsum_takes_only_rows_of_contiguous_entries_and_two_columns_or_more() -> None:
+    matrix = np.ones((4, 6))
+    assert kernel._rows_contiguous(matrix)
+    assert kernel._rows_contiguous(np.ones((4, 9))[:, 2:8])
+    assert not kernel._rows_contiguous(matrix[:, :1])  # one column: einsum takes a dot
+    assert not kernel._rows_contiguous(np.asfortranarray(matrix))
+    assert not kernel._rows_contiguous(matrix[:, ::2])
+    assert not kernel._rows_contiguous(np.broadcast_to(np.ones(6), (4, 6)))
 
 
 @pytest.mark.parametrize(
