@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple, cast
 
@@ -135,6 +136,8 @@ _SHORTEST_PRINTED = np.dtype(np.float32)
 # What pysimdjson raises on anything but numbers: a non-number, a literal beyond float64
 # (1e999), an integer beyond 64 bits, a malformed document.
 _SIMDJSON_ERRORS = (ValueError, TypeError, RuntimeError)
+# `_small_document`'s parser of each thread.
+_SMALL_PARSERS = threading.local()
 
 
 def decode_request(body: bytes | bytearray, max_elements: int | None = None) -> UpdatePayload:
@@ -176,7 +179,7 @@ def decode_plain(body: bytes | bytearray, max_elements: int | None) -> UpdatePay
     pysimdjson does not parse into numbers. The count of brackets proves each array flat.
     """
     try:
-        fields = _plain_fields(simdjson.Parser().parse(body))
+        fields = _plain_fields(_small_document(body))
         if fields is None:
             return None
         beta, lr, vectors, rows, row_lengths = fields
@@ -196,6 +199,24 @@ def decode_plain(body: bytes | bytearray, max_elements: int | None) -> UpdatePay
     except _SIMDJSON_ERRORS:
         return None
     return _plain_payload(parsed, grads, beta, lr)
+
+
+def _small_document(body: bytes | bytearray) -> Any:
+    """`body` parsed by this thread's parser for small bodies, kept from one to the next.
+
+    A parser's first document allocates its buffers, which costs more than parsing a
+    small body; a kept one reuses them, and holds at most a small body's worth. A parser
+    still referenced by an earlier document (an array of it kept by a traceback) refuses
+    to parse another: that thread then takes a new one.
+    """
+    parser = getattr(_SMALL_PARSERS, "parser", None)
+    if parser is not None:
+        try:
+            return parser.parse(body)
+        except RuntimeError:
+            pass
+    parser = _SMALL_PARSERS.parser = simdjson.Parser()
+    return parser.parse(body)
 
 
 def decode_split(

@@ -15,6 +15,7 @@ import json
 import struct
 import tracemalloc
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,7 @@ from app.errors import InvalidPayloadError, ProblemError, TooManyElementsError
 from app.wire.json_brackets import bracket_positions
 from app.wire.json_codec import (
     _decode_typed,
+    _small_document,
     decode_fast,
     decode_plain,
     decode_request,
@@ -278,6 +280,31 @@ def test_the_element_limit_is_checked_before_the_matrix_is_parsed(decoder: Decod
     with pytest.raises(TooManyElementsError):
         decode_request(padded, max_elements=10)
     assert decoder(body_of("[1, 2, 3]"), 11) is not None
+
+
+def test_small_bodies_parse_alike_whatever_their_thread_s_parser_still_holds() -> None:
+    first, second = body_of("[1, 2]"), body_of("[3, 4, 5]", ["[0.5, 6, 7]"])
+    held = _small_document(first)["weights"]  # keeps the thread's parser busy
+    assert decode_plain(second, None) is not None
+    assert list(held) == [1, 2]  # the earlier document is untouched
+    # A refusal leaves the parser as usable as a success does.
+    assert decode_plain(b'{"weights": [1', None) is None
+    for body, weights in ((first, [1.0, 2.0]), (second, [3.0, 4.0, 5.0])):
+        plain = decode_plain(body, None)
+        assert plain is not None
+        assert plain.weights.tolist() == weights
+    # The limit refused after the document was parsed: its arrays live on in the traceback.
+    with pytest.raises(TooManyElementsError) as refused:
+        decode_plain(second, 3)
+    assert decode_plain(first, None) is not None
+    del refused
+
+    def parse_many(body: bytes) -> list[list[float]]:
+        return [decode_plain(body, None).weights.tolist() for _ in range(200)]  # type: ignore[union-attr]
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(parse_many, [first, second] * 4))
+    assert results == [[[1.0, 2.0]] * 200, [[3.0, 4.0, 5.0]] * 200] * 4
 
 
 def test_the_element_limit_also_holds_on_the_typed_path() -> None:
