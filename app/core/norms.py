@@ -20,7 +20,13 @@ import numpy as np
 from .results import FloatArray
 from .stable import scaled_sum_of_squares
 
-__all__ = ["CHUNK_COLUMNS", "chunk_partials", "chunked_norm", "norm_of_partials"]
+__all__ = [
+    "CHUNK_COLUMNS",
+    "chunk_partials",
+    "chunked_norm",
+    "norm_of_partials",
+    "single_chunk_norm",
+]
 
 # The columns of one partial; a shard's first column is a multiple of it.
 CHUNK_COLUMNS = 65_536
@@ -83,11 +89,7 @@ def norm_of_partials(partials: Iterable[FloatArray] | FloatArray) -> float:
     rows = partials if isinstance(partials, np.ndarray) else np.concatenate(list(partials))
     rows = rows.reshape(-1, 2)
     if rows.shape[0] == 1:
-        # One chunk (every small update): what the general case below gives, on floats.
-        s, q = (float(x) for x in rows[0])
-        if math.isnan(s) or math.isinf(s):
-            return s
-        return s * math.sqrt(q) if q else 0.0
+        return _norm_of_one(*(float(x) for x in rows[0]))
     scales, sums = rows[:, 0], rows[:, 1]
     if np.isnan(scales).any():
         return math.nan
@@ -107,6 +109,25 @@ def norm_of_partials(partials: Iterable[FloatArray] | FloatArray) -> float:
         total = math.fsum(math.ldexp(term, -_OVERFLOW_SHIFT) for term in terms)
         largest = math.ldexp(largest, _OVERFLOW_SHIFT // 2)
     return largest * math.sqrt(total)
+
+
+def single_chunk_norm(values: FloatArray) -> float:
+    """`chunked_norm` of at most `CHUNK_COLUMNS` values, without the array of partials.
+
+    Runs under the caller's ``np.errstate(over="ignore", invalid="ignore")``, as the
+    functions of `app.core.stable` do.
+
+    >>> single_chunk_norm(np.array([3.0, 4.0]))
+    5.0
+    """
+    return _norm_of_one(*scaled_sum_of_squares(values))
+
+
+def _norm_of_one(s: float, q: float) -> float:
+    # One chunk (every small update): what the general case of `norm_of_partials` gives.
+    if math.isnan(s) or math.isinf(s):
+        return s
+    return s * math.sqrt(q) if q else 0.0
 
 
 def chunked_norm(values: FloatArray) -> float:

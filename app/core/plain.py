@@ -27,7 +27,7 @@ from numpy.typing import ArrayLike
 
 from .advantages import kl_estimate_means
 from .kernel import weighted_row_sum
-from .norms import chunk_partials, norm_of_partials
+from .norms import CHUNK_COLUMNS, chunk_partials, norm_of_partials, single_chunk_norm
 from .results import FloatArray, UpdateResult, UpdateStats
 from .stable import add_product, mean, sample_std
 
@@ -92,7 +92,10 @@ def plain_update(
     if not math.isfinite(adjusted.sum()) or np.count_nonzero(adjusted) != batch_size:
         return None
     grad: FloatArray = weighted_row_sum(adjusted, grads) / batch_size
-    grad_norm = norm_of_partials(chunk_partials(grad))
+    if grad.size <= CHUNK_COLUMNS:
+        grad_norm = single_chunk_norm(grad)
+    else:
+        grad_norm = norm_of_partials(chunk_partials(grad))
     # Step 7; lr = 0 returns the weights bit for bit (w + 0.0 would turn -0.0 into 0.0).
     new_weights = w + lr * grad if lr else w.copy()
     kl_mean = mean(kl)

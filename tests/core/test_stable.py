@@ -37,7 +37,9 @@ def test_norm_of_zeros_and_of_an_infinite_entry() -> None:
     assert chunked_norm(np.array([1.0, -np.inf])) == math.inf
 
 
-def test_clamp_is_np_clip_bit_for_bit_nan_and_signed_zero_included() -> None:
-    values = np.array([-np.inf, -3.0, -2.0, -0.0, 0.0, 1e-310, 2.5, np.inf, np.nan])
-    got, expected = clamp(values, 2.0), np.clip(values, -2.0, 2.0)
+@pytest.mark.parametrize("bound", [2.0, 5e-324, 1e-310, 1.7976931348623157e308, np.inf, 0.0])
+def test_clamp_is_np_clip_bit_for_bit_nan_and_signed_zero_included(bound: float) -> None:
+    values = np.array([-np.inf, -3.0, -2.0, -0.0, 0.0, 5e-324, -5e-324, 1e-310, 2.5, np.inf])
+    values = np.concatenate([values, [bound, -bound, np.nan]])
+    got, expected = clamp(values, bound), np.clip(values, -bound, bound)
     assert got.tobytes() == expected.tobytes()
