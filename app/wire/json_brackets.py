@@ -66,14 +66,14 @@ class Skeleton:
         return bytes(text)
 
 
-def count_byte(body: bytes | bytearray, byte: bytes) -> int:
+def count_byte(body: bytes | bytearray | memoryview, byte: bytes) -> int:
     """How many times `byte` occurs in `body`.
 
     `bytes.count` of one byte compares byte by byte (about 0.25 ns a byte here, 0.5 for a
     frequent one); NumPy's comparison and count run vectorised, about four times faster
     on a large body, over slices of `_SLICE_BYTES`.
     """
-    if len(body) <= _SLICE_BYTES:
+    if len(body) <= _SLICE_BYTES and not isinstance(body, memoryview):
         return body.count(byte)
     data = np.frombuffer(body, dtype=np.uint8)
     value = byte[0]

@@ -23,10 +23,10 @@ a body of the right types whose values break a rule (empty arrays, rows of the w
 length, a negative beta or lr) is worded from what msgspec decoded, and any other body
 msgspec refuses is read again, field by field, by `json_refusal.refusal`, at a cost
 bounded by its answer. A body over 16 KiB of few arrays (the fast paths' kind), or any
-over 1 MiB, takes that typed decode an array and a row at a time (`_decode_staged`): the
-same answers, with the Python floats of one array at most held at once. Every path
-parses each number to the same correctly rounded float64. The README's Performance
-section has the measurements behind this split.
+over 1 MiB, takes that typed decode a piece of an array at a time (`_decode_staged`,
+`json_pieces`): the same answers, with the Python floats of one piece at most held at
+once. Every path parses each number to the same correctly rounded float64. The README's
+Performance section has the measurements behind this split.
 """
 
 from __future__ import annotations
@@ -47,7 +47,16 @@ from ..core import DEFAULT_OPTIONS, InputProblem, UpdateOptions, UpdateResult
 from ..core.results import AppliedStep, GradientResult
 from ..errors import InvalidPayloadError, MalformedJsonError
 from .json_brackets import bracket_positions, count_byte, skeleton
-from .json_fields import FIELD_DECODERS, FLOAT, MATRIX, ROW_DECODER, SCALARS, RequestFields
+from .json_fields import (
+    FIELD_DECODERS,
+    FLOAT,
+    ITEMS,
+    MATRIX,
+    ROW_DECODER,
+    SCALARS,
+    RequestFields,
+)
+from .json_pieces import NUMBERS, PARSED_PIECE_BYTES, ROWS, TYPED_PIECE_BYTES, array_pieces
 from .json_refusal import (
     field_order,
     field_problem,
@@ -85,8 +94,6 @@ _TYPED_BYTES = 16 * 1024
 # The fast path parses each array and row on its own: for arrays shorter than this on
 # average (millions of short rows), msgspec's decoders are the faster.
 _FAST_ROW_BYTES = 256
-# Arrays longer than this are parsed piece by piece (see `_pieces`).
-_PIECE_BYTES = 1 << 20
 # Below this size, decoding costs tens of milliseconds at worst: counting the brackets and
 # commas of every small body (about a nanosecond a byte) would cost more than it saves.
 _COUNTED_BODY_BYTES = 1 << 20
@@ -102,15 +109,15 @@ _FastRequest = msgspec.defstruct(
 _FAST_DECODER = msgspec.json.Decoder(_FastRequest)
 
 
-def _structure_decoder(name: str, scalar: type) -> msgspec.json.Decoder[Any]:
-    """The structure only: each vector and each row of the matrix as raw JSON, a view on
-    the body; beta and lr as `scalar`."""
+def _structure_decoder(name: str, scalar: type, matrix: Any) -> msgspec.json.Decoder[Any]:
+    """The structure only: each vector as raw JSON, a view on the body, the matrix as
+    `matrix` (its rows raw, or itself raw); beta and lr as `scalar`."""
     return msgspec.json.Decoder(
         msgspec.defstruct(
             name,
             [
                 *((vector, msgspec.Raw) for vector in _VECTORS),
-                (MATRIX, list[msgspec.Raw]),
+                (MATRIX, matrix),
                 *((field, scalar) for field in SCALARS),
                 *((option, msgspec.Raw, msgspec.Raw()) for option in OPTIONS),
             ],
@@ -119,10 +126,10 @@ def _structure_decoder(name: str, scalar: type) -> msgspec.json.Decoder[Any]:
     )
 
 
-_RAW_DECODER = _structure_decoder("_RawRequest", float)
+_RAW_DECODER = _structure_decoder("_RawRequest", float, list[msgspec.Raw])
 # The typed decode's, for `_decode_staged`: the scalars raw, as there, so that a message
-# can quote them.
-_STAGED_DECODER = _structure_decoder("_StagedRequest", msgspec.Raw)
+# can quote them; the matrix raw too, its rows read a piece at a time.
+_STAGED_DECODER = _structure_decoder("_StagedRequest", msgspec.Raw, msgspec.Raw)
 # The fields of a body that sends no option: `decode_plain` reads these bodies whole.
 _PLAIN_FIELDS = frozenset((*_VECTORS, MATRIX, *SCALARS))
 # What the skeleton of such a body (`decode_split`) holds beyond its arrays' brackets: its
@@ -347,11 +354,11 @@ def _decode_typed(body: bytes | bytearray, max_elements: int | None) -> UpdatePa
 
 
 def _decode_staged(body: bytes | bytearray, max_elements: int | None) -> UpdatePayload:
-    """`_decode_typed` for a large body, one array or one row at a time.
+    """`_decode_typed` for a large body, a piece of an array at a time (`json_pieces`).
 
     The same decoders on the same values, so the same payload or the same refusal; but
-    the Python floats of one vector or one row at most are held at once, each array
-    turned into float64 as soon as it is read. A body the fast paths did not take whole
+    the Python floats of one piece at most are held at once, each piece turned into
+    float64 as soon as it is read. A body the fast paths did not take whole
     (a non-number in an array, a ragged row, an integer beyond 64 bits, a bad option,
     millions of short rows) costs the float64 of its arrays, not 32 bytes a number.
     """
@@ -386,27 +393,118 @@ def _staged_arrays(
     Raises `TooManyElementsError` as `decode_fast` does, once the vectors are read and
     before the rows are.
     """
-    rows: list[msgspec.Raw] = getattr(request, MATRIX)
     vectors: dict[str, NDArray[np.float64]] = {}
     try:
         for name in _VECTORS:
-            # One expression: the list of Python floats goes as soon as it is copied.
-            raw = getattr(request, name)
-            vectors[name] = np.array(FIELD_DECODERS[name].decode(raw), dtype=np.float64)
+            vectors[name] = _typed_vector(getattr(request, name), FIELD_DECODERS[name])
+        matrix: msgspec.Raw = getattr(request, MATRIX)
+        counted = _rows_in_pieces(matrix)
+        # Not an array, or cut inside a row (one longer than a piece): its rows read whole.
+        whole = ITEMS.decode(matrix) if counted is None else None
+        rows = len(whole) if whole is not None else cast(int, counted)
         n = vectors["weights"].size
         if max_elements is not None:
-            check_element_count(vectors["rewards"].size, n, len(rows) * n, max_elements)
-        lengths = np.empty(len(rows), np.int64)
+            check_element_count(vectors["rewards"].size, n, rows * n, max_elements)
+        lengths = np.empty(rows, np.int64)
         # Pages are taken as rows are written: a refused body touches those read so far.
-        grads = np.empty((len(rows), n))
-        for index, raw in enumerate(rows):
-            row = ROW_DECODER.decode(raw)
-            lengths[index] = len(row)
-            if len(row) == n:
-                grads[index] = row
-    except msgspec.ValidationError:
+        grads = np.empty((rows, n))
+        if whole is None:
+            done = 0
+            for piece in array_pieces(matrix, ROWS, TYPED_PIECE_BYTES):
+                done += _fill_rows(piece, grads[done:], lengths[done:])
+        else:
+            for index, raw in enumerate(whole):
+                lengths[index] = _fill_typed_row(raw, grads[index])
+    except msgspec.DecodeError:  # a ValidationError, or a piece pysimdjson alone took
         return None
     return vectors, grads, lengths
+
+
+def _rows_in_pieces(matrix: msgspec.Raw) -> int | None:
+    """How many rows the matrix has, when it can be read in pieces of whole rows.
+
+    Counted by pysimdjson, which makes no Python object per row; msgspec counts a piece
+    pysimdjson does not take (an integer beyond 64 bits). None for a matrix that is not an
+    array, or whose pieces are not whole rows.
+    """
+    parser = simdjson.Parser()
+    rows = 0
+    try:
+        for piece in array_pieces(matrix, ROWS, TYPED_PIECE_BYTES):
+            try:
+                rows += len(cast(simdjson.Array, parser.parse(piece)))
+            except _SIMDJSON_ERRORS:
+                rows += len(ITEMS.decode(piece))
+    except (ValueError, msgspec.DecodeError):
+        return None
+    return rows
+
+
+def _fill_rows(piece: bytes, grads: NDArray[np.float64], lengths: NDArray[np.int64]) -> int:
+    """Read a piece of whole rows into the first rows of `grads`, those of its width; each
+    row's length into `lengths`. How many rows the piece held."""
+    rows = FIELD_DECODERS[MATRIX].decode(piece)
+    count = len(rows)
+    lengths[:count] = np.fromiter(map(len, rows), np.int64, count)
+    fitting = lengths[:count] == grads.shape[1]
+    if fitting.all():
+        grads[:count] = rows
+    else:
+        for index in np.flatnonzero(fitting).tolist():
+            grads[index] = rows[index]
+    return count
+
+
+def _fill_typed_row(raw: msgspec.Raw, out: NDArray[np.float64]) -> int:
+    """Read a row as msgspec does into `out` when it is of its width; the row's length."""
+    if len(raw) > TYPED_PIECE_BYTES:
+        # A row of the wrong length is refused, whatever its numbers.
+        return _typed_fill(raw, ROW_DECODER, out)
+    row = ROW_DECODER.decode(raw)
+    if len(row) == out.size:
+        out[:] = row
+    return len(row)
+
+
+def _typed_vector(raw: msgspec.Raw, decoder: msgspec.json.Decoder[Any]) -> NDArray[np.float64]:
+    """A vector as `decoder` reads it, in float64, the Python floats of a piece at a time.
+
+    Raises `msgspec.ValidationError` as `decoder` would on the whole vector.
+    """
+    if len(raw) <= TYPED_PIECE_BYTES:
+        # One expression: the list of Python floats goes as soon as it is copied.
+        return np.array(decoder.decode(raw), dtype=np.float64)
+    # As many entries as commas and one at most: np.empty takes no page until written.
+    out = np.empty(count_byte(memoryview(raw), NUMBERS) + 1)
+    return out[: _typed_fill(raw, decoder, out)]
+
+
+def _typed_fill(
+    raw: msgspec.Raw, decoder: msgspec.json.Decoder[Any], out: NDArray[np.float64]
+) -> int:
+    """Read the array `raw` as `decoder` does into `out`, as far as it fits, a piece at a
+    time (`json_pieces`); its length.
+
+    Raises `msgspec.ValidationError` as `decoder` would on the whole array.
+    """
+    try:
+        filled = 0
+        for piece in array_pieces(raw, NUMBERS, TYPED_PIECE_BYTES):
+            filled += _copied(decoder.decode(piece), out, filled)
+        return filled
+    except msgspec.ValidationError:
+        raise
+    except (ValueError, msgspec.DecodeError):
+        pass  # a piece that is not whole elements: the array is read whole
+    return _copied(decoder.decode(raw), out, 0)
+
+
+def _copied(values: Sequence[float], out: NDArray[np.float64], at: int) -> int:
+    """Copy what fits of `values` into `out` from `at`; how many values there were."""
+    room = max(min(len(values), out.size - at), 0)
+    if room:
+        out[at : at + room] = values[:room]
+    return len(values)
 
 
 def _checked_values(
@@ -504,24 +602,11 @@ def _pieces(
 ) -> Iterator[NDArray[np.float64]]:
     """The numbers of a flat JSON array, as float64 arrays of consecutive pieces.
 
-    pysimdjson's document holds about 16 bytes per number besides the text, several times
-    the float64 result for short literals: a long array is parsed in pieces cut at commas,
-    so that what the parser holds stays the size of one piece.
+    A long array is parsed in pieces (`json_pieces`), so that what the parser holds stays
+    the size of one piece.
     """
-    if len(raw) <= _PIECE_BYTES:
-        yield _parsed(parser, raw)
-        return
-    text = memoryview(raw)
-    if text[0] != ord("[") or text[-1] != ord("]"):
-        raise TypeError
-    start, end = 1, len(text) - 1
-    while start < end:
-        piece = bytes(text[start : min(start + _PIECE_BYTES, end)])
-        cut = len(piece) if start + len(piece) == end else piece.rfind(b",")
-        if cut <= 0:  # a single literal longer than a piece: the typed path reads it
-            raise ValueError
-        yield _parsed(parser, b"[%s]" % piece[:cut])
-        start += cut + 1
+    for piece in array_pieces(raw, NUMBERS, PARSED_PIECE_BYTES):
+        yield _parsed(parser, piece)
 
 
 def _parsed(parser: simdjson.Parser, text: msgspec.Raw | memoryview | bytes) -> NDArray[np.float64]:

@@ -8,7 +8,16 @@ from typing import Any, get_args
 
 import msgspec
 
-__all__ = ["ARRAYS", "FIELD_DECODERS", "FLOAT", "MATRIX", "ROW_DECODER", "SCALARS", "RequestFields"]
+__all__ = [
+    "ARRAYS",
+    "FIELD_DECODERS",
+    "FLOAT",
+    "ITEMS",
+    "MATRIX",
+    "ROW_DECODER",
+    "SCALARS",
+    "RequestFields",
+]
 
 
 class RequestFields(msgspec.Struct, forbid_unknown_fields=True):
@@ -47,3 +56,5 @@ MATRIX = "log_prob_grads"
 ROW_DECODER: msgspec.json.Decoder[Any] = msgspec.json.Decoder(
     *get_args({field.name: field.type for field in msgspec.structs.fields(RequestFields)}[MATRIX])
 )
+# Any array's elements, each as raw JSON (a view on the text): its structure only.
+ITEMS: msgspec.json.Decoder[list[msgspec.Raw]] = msgspec.json.Decoder(list[msgspec.Raw])

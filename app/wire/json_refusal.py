@@ -34,7 +34,8 @@ from ..core import (
 )
 from ..core.results import Loc
 from ..errors import InvalidPayloadError, MalformedJsonError, ProblemError
-from .json_fields import ARRAYS, FIELD_DECODERS, MATRIX, ROW_DECODER, SCALARS
+from .json_fields import ARRAYS, FIELD_DECODERS, ITEMS, MATRIX, ROW_DECODER, SCALARS
+from .json_pieces import NUMBERS, ROWS, TYPED_PIECE_BYTES, array_pieces
 from .messages import (
     ARRAYS_AND_SCALARS,
     FIELDS,
@@ -71,7 +72,6 @@ _GROUP_IDS = "group_ids"
 # How deep in each field a number sits: weights[i], log_prob_grads[i][j], beta.
 _NUMBER_DEPTH = {**dict.fromkeys(ARRAYS, 1), "log_prob_grads": 2, **dict.fromkeys(SCALARS, 0)}
 _ANY = msgspec.json.Decoder()
-_ITEMS = msgspec.json.Decoder(list[msgspec.Raw])
 _STRING = msgspec.json.Decoder(str)
 _WHITESPACE = b" \t\n\r"
 _SPACE = re.compile(rb"[ \t\n\r]*")
@@ -133,15 +133,18 @@ def refusal(body: bytes | bytearray, failure: msgspec.DecodeError | None = None)
         elif name == MATRIX:
             if (row_problem := _matrix_problem(raw)) is not None:
                 problems.append(row_problem)
-        else:
+        elif name in SCALARS:
             try:
-                value = FIELD_DECODERS[name].decode(raw)
+                decoded[name] = FIELD_DECODERS[name].decode(raw)
             except msgspec.ValidationError as exc:
                 problems.append(field_problem(name, raw, exc))
-                continue
-            # An array's size is all that is looked at: its floats go at once.
-            decoded[name] = value if name in SCALARS else len(value)
-            del value
+        else:
+            # An array's size is all that is looked at.
+            size = _array_size(name, raw)
+            if isinstance(size, InputProblem):
+                problems.append(size)
+            else:
+                decoded[name] = size
     scalars = {name: (decoded[name], bytes(fields[name])) for name in SCALARS if name in decoded}
     # Rows of the wrong length are looked for on the fast path only, once every field has
     # the right type: here something else is always wrong, and which fields were decoded
@@ -439,31 +442,105 @@ def field_problem(name: str, raw: msgspec.Raw, exc: msgspec.ValidationError) -> 
     return _problem_at(name, raw, path)
 
 
+def _array_size(name: str, raw: msgspec.Raw) -> int | InputProblem:
+    """The size of the array `name` as its decoder reads it, or the first problem it names.
+
+    A long array is read a piece at a time (`json_pieces`): the Python floats of one piece
+    at most are held.
+    """
+    size = _size_in_pieces(FIELD_DECODERS[name], raw, name, ())
+    if size is not None:
+        return size
+    try:
+        return len(FIELD_DECODERS[name].decode(raw))
+    except msgspec.ValidationError as exc:
+        return field_problem(name, raw, exc)
+
+
+def _size_in_pieces(
+    decoder: msgspec.json.Decoder[Any], raw: msgspec.Raw, name: str, within: tuple[int, ...]
+) -> int | InputProblem | None:
+    """The size of the array `raw` (at `within` in the field `name`) read by `decoder` a
+    piece at a time, or its first problem; None when it is short, or to be read whole."""
+    if len(raw) <= TYPED_PIECE_BYTES:
+        return None
+    size = 0
+    try:
+        for piece in array_pieces(raw, NUMBERS, TYPED_PIECE_BYTES):
+            try:
+                values = decoder.decode(piece)
+            except msgspec.ValidationError as exc:
+                path = _path(exc)
+                if not path:  # not an element's problem: worded from the whole
+                    return None
+                return _problem_at(name, piece, path, within=within, first=size)
+            size += len(values)
+            del values
+    except (ValueError, msgspec.DecodeError):
+        return None  # a piece that is not whole elements: the array is read whole
+    return size
+
+
 def _matrix_problem(raw: msgspec.Raw) -> InputProblem | None:
     """The first problem of log_prob_grads, read a row at a time (None if it has none).
 
-    The problem its decoder would name, with the Python floats of one row at most held.
+    The problem its decoder would name, with the Python floats of one row at most held,
+    and the raw views of one piece of rows (`json_pieces`).
     """
     try:
-        rows = _ITEMS.decode(raw)
+        first = 0
+        for piece in array_pieces(raw, ROWS, TYPED_PIECE_BYTES):
+            rows = ITEMS.decode(piece)
+            for index, row in enumerate(rows):
+                problem = _row_problem(piece, index, row, first)
+                if problem is not None:
+                    return problem
+            first += len(rows)
+        return None
+    except (ValueError, msgspec.DecodeError):
+        pass  # not an array, or a piece cut inside a row: the rows are read whole
+    try:
+        rows = ITEMS.decode(raw)
     except msgspec.ValidationError as exc:
         return field_problem(MATRIX, raw, exc)
     for index, row in enumerate(rows):
-        try:
-            ROW_DECODER.decode(row)
-        except msgspec.ValidationError as exc:
-            path = _path(exc)
-            if path is None:
-                return InputProblem((MATRIX,), f"{MATRIX}: {shorten(str(exc), 200)}")
-            return _problem_at(MATRIX, raw, (index, *path))
+        problem = _row_problem(raw, index, row, 0)
+        if problem is not None:
+            return problem
     return None
 
 
-def _problem_at(name: str, raw: msgspec.Raw, path: tuple[int, ...]) -> InputProblem:
-    """What is wrong with the value at `path` in the field `name` (its raw JSON `raw`)."""
-    loc: Loc = (name, *path)
+def _row_problem(
+    rows: msgspec.Raw | bytes, index: int, row: msgspec.Raw, first: int
+) -> InputProblem | None:
+    """The problem of row `index` of `rows` (the matrix's rows from the `first`), if any."""
+    if len(row) > TYPED_PIECE_BYTES:
+        in_pieces = _size_in_pieces(ROW_DECODER, row, MATRIX, (first + index,))
+        if in_pieces is not None:
+            return in_pieces if isinstance(in_pieces, InputProblem) else None
+    try:
+        ROW_DECODER.decode(row)
+    except msgspec.ValidationError as exc:
+        path = _path(exc)
+        if path is None:
+            return InputProblem((MATRIX,), f"{MATRIX}: {shorten(str(exc), 200)}")
+        return _problem_at(MATRIX, rows, (index, *path), first=first)
+    return None
+
+
+def _problem_at(
+    name: str,
+    raw: msgspec.Raw | bytes,
+    path: tuple[int, ...],
+    *,
+    within: tuple[int, ...] = (),
+    first: int = 0,
+) -> InputProblem:
+    """What is wrong with the value at `path` in `raw`: the field `name`'s raw JSON, or a
+    piece of the array at `within` in it whose first element is that array's `first`."""
+    loc: Loc = (name, *within, first + path[0], *path[1:]) if path else (name, *within)
     element = _element(raw, path)
-    if len(path) < _NUMBER_DEPTH[name]:
+    if len(loc) - 1 < _NUMBER_DEPTH[name]:
         return InputProblem(loc, not_an_array(loc, _raw_kind(element)))
     if _is_number(element):  # a number where one belongs, refused: beyond float64
         return InputProblem(loc, not_finite(format_loc(loc), _number_text(element)))
@@ -483,7 +560,7 @@ def _element(raw: msgspec.Raw | bytes, path: tuple[int, ...]) -> bytes:
     """The raw JSON text at `path` inside `raw` (an index per level)."""
     value: msgspec.Raw | bytes = raw
     for index in path:
-        value = _ITEMS.decode(value)[index]
+        value = ITEMS.decode(value)[index]
     return bytes(value).strip(_WHITESPACE)
 
 

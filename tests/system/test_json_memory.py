@@ -83,6 +83,13 @@ def test_a_json_body_of_zeros_grows_the_process_by_at_most_3x_and_over_the_limit
         # 100000 rows of 50 numbers: more arrays than the fast paths take.
         (100_000, 50, "a string", "log_prob_grads[99999][49] is a string ('x')"),
         (100_000, 50, "a big integer", ""),
+        # One sample of 3 M weights: its row and its weights read a piece at a time.
+        (1, 3_000_000, "a string", "log_prob_grads[0][2999999] is a string ('x')"),
+        (1, 3_000_000, "a big integer", ""),
+        (1, 3_000_000, "an unknown key", "unknown field 'bogus'"),
+        # A million rows of 4 numbers: read a piece of rows at a time, no object per row.
+        (1_000_000, 4, "a string", "log_prob_grads[999999][3] is a string ('x')"),
+        (1_000_000, 4, "a short row", "log_prob_grads[999999] has 3 entries"),
     ],
 )
 def test_a_large_body_the_fast_paths_leave_grows_the_process_by_at_most_3x(
@@ -90,7 +97,8 @@ def test_a_large_body_the_fast_paths_leave_grows_the_process_by_at_most_3x(
 ) -> None:
     # A body of zeros refused for one value at its very end, or read by msgspec for an
     # integer pysimdjson does not parse: each array or row is read into Python floats on
-    # its own, never the whole body at once (10x the body and more for `0.0,`).
+    # its own, a piece of 1 MiB of text at a time, never the whole body at once (10x the
+    # body and more for `0.0,`).
     command = [sys.executable, "-c", MEASURE, str(b), str(n), case]
     out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
     size, growth, outcome, *message = out.stdout.split(maxsplit=3)

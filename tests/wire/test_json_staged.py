@@ -11,9 +11,10 @@ from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from app.errors import ProblemError, TooManyElementsError
-from app.wire import json_codec
+from app.wire import json_codec, json_refusal
 from app.wire.json_codec import _decode_staged, _decode_typed, decode_request
 from app.wire.payload import UpdatePayload
 from tests.helpers.json_bodies import Edits, body_of, broken, edits
@@ -85,13 +86,45 @@ CASES = {
     "many rows, a string in the last": big_body(
         ["[1, 2]"] * 199_999 + ['[1, "x"]'], weights="[0.5, 0.25]"
     ),
+    # Separators inside strings and nested arrays, where a piece may be cut (see below).
+    "a string of commas in a vector": big_body(weights=ending('"a, b, c, d"')),
+    "a string of row ends in a row": big_body([ROW] * 59 + [ending('"x], [1, 2], [y"')]),
+    "an escaped quote and row ends in a string": big_body([ROW] * 59 + [ending(r'"x\\\"], [1"')]),
+    "rows nested in a row": big_body([ROW] * 30 + ["[[1, 2], [3, 4]]"] + [ROW] * 29),
+    "a row of rows and short ones": big_body(
+        ["[1, 2]"] * 200_000 + ["[[1], [2]]"], weights="[0, 1]"
+    ),
+    "an array nested in a vector": big_body(weights=ending("[1, [2, 3], 4]")),
+    "spaces before the separators": big_body(
+        ["[1 , 2 ] "] * 200_000 + ['[1 , "x" ] '], weights="[0 , 1]"
+    ),
 }
 
+# The piece sizes the staged decode and the refusal cut long arrays into: the service's,
+# and smaller ones that cut every vector and row of these bodies, inside their strings and
+# nested arrays too.
+PIECE_SIZES = pytest.mark.parametrize("piece_bytes", [None, 40, 333, 4096], ids=str)
 
+
+@pytest.fixture
+def pieces_of(monkeypatch: pytest.MonkeyPatch) -> Callable[[int | None], None]:
+    def use(piece_bytes: int | None) -> None:
+        if piece_bytes is not None:
+            for module in (json_codec, json_refusal):
+                monkeypatch.setattr(module, "TYPED_PIECE_BYTES", piece_bytes)
+
+    return use
+
+
+@PIECE_SIZES
 @pytest.mark.parametrize("body", list(CASES.values()), ids=list(CASES))
-def test_the_staged_decode_answers_as_the_typed_decode(body: bytes) -> None:
+def test_the_staged_decode_answers_as_the_typed_decode(
+    body: bytes, piece_bytes: int | None, pieces_of: Callable[[int | None], None]
+) -> None:
     assert len(body) > 16 * 1024
-    assert outcome(_decode_staged, body) == outcome(_decode_typed, body)
+    expected = outcome(_decode_typed, body)
+    pieces_of(piece_bytes)
+    assert outcome(_decode_staged, body) == expected
 
 
 @pytest.mark.parametrize("body", list(CASES.values()), ids=list(CASES))
@@ -119,7 +152,14 @@ def test_the_element_limit_is_checked_before_the_rows_are_read() -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(changes=edits(4))
-def test_a_broken_large_body_is_answered_as_the_typed_decode_answers_it(changes: Edits) -> None:
+@given(changes=edits(4), piece_bytes=st.sampled_from([None, 40, 333]))
+def test_a_broken_large_body_is_answered_as_the_typed_decode_answers_it(
+    changes: Edits, piece_bytes: int | None
+) -> None:
     body = broken(big_body(), changes)
-    assert outcome(_decode_staged, body) == outcome(_decode_typed, body)
+    expected = outcome(_decode_typed, body)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        if piece_bytes is not None:
+            for module in (json_codec, json_refusal):
+                monkeypatch.setattr(module, "TYPED_PIECE_BYTES", piece_bytes)
+        assert outcome(_decode_staged, body) == expected
