@@ -64,7 +64,7 @@ async def read_body(request: Request, budget: UploadBudget, idle_timeout: float)
 
 async def limited_chunks(
     receive: Receive, content_length: str | None, limit: int
-) -> AsyncIterator[bytes]:
+) -> AsyncIterator[bytes | bytearray]:
     """The chunks of a body straight from ASGI `receive`, at most `limit` bytes in all.
 
     What `Request.stream()` yields under Starlette's body limit, without a Request: a
@@ -85,7 +85,7 @@ async def limited_chunks(
     while True:
         message = await receive()
         if message["type"] == "http.request":
-            chunk: bytes = message.get("body", b"")
+            chunk: bytes | bytearray = message.get("body", b"")
             received += len(chunk)
             if received > limit:
                 raise BodyTooLargeError(limit)
@@ -108,7 +108,7 @@ def _declared_length(value: str | None) -> int | None:
 
 
 async def read_chunks(
-    chunks: AsyncIterator[bytes], budget: UploadBudget, idle_timeout: float
+    chunks: AsyncIterator[bytes | bytearray], budget: UploadBudget, idle_timeout: float
 ) -> bytearray:
     """Return the whole body in one `bytearray`, each chunk appended in place.
 
@@ -123,7 +123,9 @@ async def read_chunks(
     preallocated from the Content-Length would be no smaller, and slower: `bytearray(n)`
     writes n zeros first, a pass over the memory that costs as much as the copy itself.
     The body limit applies to `request.stream()` as it does to `body()`, and
-    `limited_chunks` applies it to `receive`.
+    `limited_chunks` applies it to `receive`. A first chunk that comes as a bytearray (as
+    `http_protocol` hands them over) becomes the buffer itself: a body that arrives in one
+    chunk is not copied here at all.
 
     Raises
     ------
@@ -137,7 +139,10 @@ async def read_chunks(
     try:
         async for chunk in chunks:
             budget.take(len(chunk))
-            buffer += chunk
+            if buffer or type(chunk) is not bytearray:
+                buffer += chunk
+            else:  # the first chunk, in a buffer of its own: kept, not copied
+                buffer = chunk
             watch.progressed()
     except asyncio.CancelledError:
         budget.give_back(len(buffer))

@@ -194,6 +194,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._keep_alive_after_body = self.cycle.keep_alive
             self.cycle.keep_alive = False
             self.cycle.transport = _HalfClosingTransport(self, self.cycle)
+            self.cycle.__class__ = _HandingOverCycle
 
     def on_message_complete(self) -> None:
         cycle = self.cycle
@@ -292,6 +293,29 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             if name == key:
                 return value.decode("latin-1")
         return None
+
+
+class _HandingOverCycle(RequestResponseCycle):
+    """uvicorn's request cycle, handing each chunk of the body over in the bytearray it
+    was gathered in, where uvicorn's copies it into bytes first.
+
+    A bytearray is bytes to every reader of an ASGI body here: Starlette joins the chunks,
+    and `body.read_chunks` appends them; nothing keeps a chunk after taking it.
+    """
+
+    async def receive(self) -> Any:
+        if self.waiting_for_100_continue and not self.transport.is_closing():
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.waiting_for_100_continue = False
+        if not self.disconnected and not self.response_complete:
+            self.flow.resume_reading()
+            await self.message_event.wait()
+            self.message_event.clear()
+        if self.disconnected or self.response_complete:
+            return {"type": "http.disconnect"}
+        message = {"type": "http.request", "body": self.body, "more_body": self.more_body}
+        self.body = bytearray()
+        return message
 
 
 class _HalfClosingTransport(asyncio.Transport):

@@ -23,7 +23,7 @@ from tests.helpers.problems import assert_problem
 MiB = 1024 * 1024
 
 
-def _request(chunks: Sequence[bytes], content_length: int | None) -> Request:
+def _request(chunks: Sequence[bytes | bytearray], content_length: int | None) -> Request:
     headers = [] if content_length is None else [(b"content-length", str(content_length).encode())]
     messages = iter(body_chunks(chunks))
 
@@ -33,7 +33,7 @@ def _request(chunks: Sequence[bytes], content_length: int | None) -> Request:
     return Request({"type": "http", "method": "POST", "headers": headers}, receive)
 
 
-def _read(chunks: Sequence[bytes], content_length: int | None) -> bytearray:
+def _read(chunks: Sequence[bytes | bytearray], content_length: int | None) -> bytearray:
     budget = UploadBudget(10 * MiB)
     body = asyncio.run(read_body(_request(chunks, content_length), budget, 10.0))
     assert budget.held == len(body)  # counted until the caller gives it back
@@ -47,6 +47,16 @@ def test_body_arrives_whole(declared: bool) -> None:
     result = _read(chunks, len(body) if declared else None)
     assert isinstance(result, bytearray)
     assert result == body
+
+
+def test_a_first_chunk_in_a_bytearray_is_the_body_itself_and_later_ones_are_appended() -> None:
+    first = bytearray(b"abc")
+    whole = _read([first], 3)
+    assert whole is first
+    body = _read([first, b"de", bytearray(b"fg")], None)
+    assert body is first
+    assert body == b"abcdefg"
+    assert _read([b"ab", bytearray(b"cd")], 4) == b"abcd"
 
 
 def test_fewer_bytes_than_declared_keeps_what_arrived() -> None:

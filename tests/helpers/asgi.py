@@ -63,7 +63,7 @@ def raw_post(
     return exchange
 
 
-def body_chunks(chunks: Sequence[bytes]) -> list[dict[str, Any]]:
+def body_chunks(chunks: Sequence[bytes | bytearray]) -> list[dict[str, Any]]:
     """The http.request messages of a body sent in `chunks`."""
     last = len(chunks) - 1
     return [
