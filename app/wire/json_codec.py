@@ -440,14 +440,18 @@ def _rows_in_pieces(matrix: msgspec.Raw) -> int | None:
     return rows
 
 
-def _fill_rows(piece: bytes, grads: NDArray[np.float64], lengths: NDArray[np.int64]) -> int:
+def _fill_rows(
+    piece: msgspec.Raw | memoryview | bytes,
+    grads: NDArray[np.float64],
+    lengths: NDArray[np.int64],
+) -> int:
     """Read a piece of whole rows into the first rows of `grads`, those of its width; each
     row's length into `lengths`. How many rows the piece held."""
     rows = FIELD_DECODERS[MATRIX].decode(piece)
     count = len(rows)
     lengths[:count] = np.fromiter(map(len, rows), np.int64, count)
     fitting = lengths[:count] == grads.shape[1]
-    if fitting.all():
+    if count and fitting.all():
         grads[:count] = rows
     else:
         for index in np.flatnonzero(fitting).tolist():

@@ -31,11 +31,11 @@ ROWS = b"],"
 
 def array_pieces(
     raw: msgspec.Raw | memoryview | bytes, separator: bytes, piece_bytes: int
-) -> Iterator[bytes]:
+) -> Iterator[msgspec.Raw | memoryview | bytes]:
     """The JSON array `raw` as arrays of consecutive elements, each cut after `separator`
     and at most `piece_bytes` long (with their brackets, two more).
 
-    The array itself when it is at most `piece_bytes` long.
+    The array itself (`raw`, not a copy) when it is at most `piece_bytes` long.
 
     Raises
     ------
@@ -48,7 +48,7 @@ def array_pieces(
         msg = "not the text of a JSON array"
         raise ValueError(msg)
     if len(text) <= piece_bytes:
-        yield bytes(text)
+        yield raw
         return
     kept = len(separator) - 1  # the bytes of the separator that end the element before it
     start, end = 1, len(text) - 1

@@ -511,7 +511,7 @@ def _matrix_problem(raw: msgspec.Raw) -> InputProblem | None:
 
 
 def _row_problem(
-    rows: msgspec.Raw | bytes, index: int, row: msgspec.Raw, first: int
+    rows: msgspec.Raw | memoryview | bytes, index: int, row: msgspec.Raw, first: int
 ) -> InputProblem | None:
     """The problem of row `index` of `rows` (the matrix's rows from the `first`), if any."""
     if len(row) > TYPED_PIECE_BYTES:
@@ -530,7 +530,7 @@ def _row_problem(
 
 def _problem_at(
     name: str,
-    raw: msgspec.Raw | bytes,
+    raw: msgspec.Raw | memoryview | bytes,
     path: tuple[int, ...],
     *,
     within: tuple[int, ...] = (),
@@ -556,9 +556,9 @@ def _path(exc: msgspec.ValidationError) -> tuple[int, ...] | None:
     return None if " - at `" in message else ()
 
 
-def _element(raw: msgspec.Raw | bytes, path: tuple[int, ...]) -> bytes:
+def _element(raw: msgspec.Raw | memoryview | bytes, path: tuple[int, ...]) -> bytes:
     """The raw JSON text at `path` inside `raw` (an index per level)."""
-    value: msgspec.Raw | bytes = raw
+    value: msgspec.Raw | memoryview | bytes = raw
     for index in path:
         value = ITEMS.decode(value)[index]
     return bytes(value).strip(_WHITESPACE)

@@ -25,7 +25,7 @@ def parsed_pieces(text: bytes, separator: bytes, piece_bytes: int) -> list[Any] 
     try:
         for piece in array_pieces(text, separator, piece_bytes):
             assert len(piece) <= piece_bytes + 2
-            elements += json.loads(piece)
+            elements += json.loads(bytes(piece))
     except (ValueError, json.JSONDecodeError):
         return None
     return elements

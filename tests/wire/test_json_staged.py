@@ -95,6 +95,7 @@ CASES = {
         ["[1, 2]"] * 200_000 + ["[[1], [2]]"], weights="[0, 1]"
     ),
     "an array nested in a vector": big_body(weights=ending("[1, [2, 3], 4]")),
+    "an empty matrix and long weights": big_body([], weights="[" + "0.5, " * 300_000 + "1]"),
     "spaces before the separators": big_body(
         ["[1 , 2 ] "] * 200_000 + ['[1 , "x" ] '], weights="[0 , 1]"
     ),
