@@ -151,6 +151,22 @@ def test_the_probe_turns_down_an_einsum_that_fuses_or_reorders(
     assert not kernel._einsum_probe()
 
 
+def test_einsum_s_fold_of_unaligned_rows_is_the_ufunc_fold() -> None:
+    # A safetensors body's arrays are views at any byte offset of the body.
+    rng = np.random.default_rng(8)
+    for offset in range(1, 8):
+        rows, columns = int(rng.integers(1, 30)), int(rng.integers(2, 300))
+        buffer = bytearray(8 * rows * columns + 8)
+        matrix = np.frombuffer(buffer, np.float64, rows * columns, offset).reshape(rows, columns)
+        assert not matrix.flags.aligned
+        np.frombuffer(buffer, np.uint8)[offset : offset + matrix.nbytes] = np.frombuffer(
+            _spread(rng, (rows, columns), 9).tobytes(), np.uint8
+        )
+        weights = _spread(rng, (rows,), 4)
+        expected = kernel._ufunc_fold(weights, np.ascontiguousarray(matrix))
+        assert weighted_row_sum(weights, matrix).tobytes() == expected.tobytes()
+
+
 def test_einsum_takes_only_rows_of_contiguous_entries_and_two_columns_or_more() -> None:
     matrix = np.ones((4, 6))
     assert kernel._rows_contiguous(matrix)
