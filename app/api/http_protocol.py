@@ -194,6 +194,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._keep_alive_after_body = self.cycle.keep_alive
             self.cycle.keep_alive = False
             self.cycle.transport = _HalfClosingTransport(self, self.cycle)
+            # uvicorn builds the cycle itself; only its `receive` differs (see the class).
             self.cycle.__class__ = _HandingOverCycle
 
     def on_message_complete(self) -> None:

@@ -491,10 +491,9 @@ def _matrix_problem(raw: msgspec.Raw) -> InputProblem | None:
         first = 0
         for piece in array_pieces(raw, ROWS, TYPED_PIECE_BYTES):
             rows = ITEMS.decode(piece)
-            for index, row in enumerate(rows):
-                problem = _row_problem(piece, index, row, first)
-                if problem is not None:
-                    return problem
+            problem = _first_row_problem(piece, rows, first)
+            if problem is not None:
+                return problem
             first += len(rows)
         return None
     except (ValueError, msgspec.DecodeError):
@@ -503,8 +502,15 @@ def _matrix_problem(raw: msgspec.Raw) -> InputProblem | None:
         rows = ITEMS.decode(raw)
     except msgspec.ValidationError as exc:
         return field_problem(MATRIX, raw, exc)
+    return _first_row_problem(raw, rows, 0)
+
+
+def _first_row_problem(
+    text: msgspec.Raw | memoryview | bytes, rows: list[msgspec.Raw], first: int
+) -> InputProblem | None:
+    """The first problem among `rows`, the rows of `text` (the matrix's from the `first`)."""
     for index, row in enumerate(rows):
-        problem = _row_problem(raw, index, row, 0)
+        problem = _row_problem(text, index, row, first)
         if problem is not None:
             return problem
     return None
