@@ -29,7 +29,7 @@ from .advantages import kl_estimate_means
 from .kernel import weighted_row_sum
 from .norms import CHUNK_COLUMNS, chunk_partials, norm_of_partials, single_chunk_norm
 from .results import FloatArray, UpdateResult, UpdateStats
-from .stable import add_product, mean, sample_std
+from .stable import mean, sample_std
 
 __all__ = ["plain_update"]
 
@@ -86,10 +86,12 @@ def plain_update(
         return None
     # Steps 1 to 5 with their defaults: k1 unclamped, no baseline, REINFORCE over 1/B.
     kl = policy - ref
-    adjusted = add_product(r, -beta, kl)
+    # `add_product`'s result whenever its sum is finite, and that sum is also the mean's.
+    adjusted = r + -beta * kl
+    adjusted_sum = float(adjusted.sum())
     # Before the (B, N) work: a finite sum of the adjusted rewards proves rewards and both
     # log-probs finite, so a refusal for those costs no gradient here.
-    if not math.isfinite(adjusted.sum()) or np.count_nonzero(adjusted) != batch_size:
+    if not math.isfinite(adjusted_sum) or np.count_nonzero(adjusted) != batch_size:
         return None
     grad: FloatArray = weighted_row_sum(adjusted, grads) / batch_size
     if grad.size <= CHUNK_COLUMNS:
@@ -100,7 +102,7 @@ def plain_update(
     new_weights = w + lr * grad if lr else w.copy()
     kl_mean = mean(kl)
     reward_mean = mean(r)
-    adjusted_mean = mean(adjusted)
+    adjusted_mean = adjusted_sum / batch_size  # `mean`'s, for a finite sum
     stats = UpdateStats(
         kl_mean=kl_mean,
         kl_max=float(kl.max()),

@@ -20,12 +20,12 @@ from app.wire.payload import UpdatePayload
 
 def _large_request(body_format: str, example: dict[str, Any]) -> tuple[bytes, dict[str, str], int]:
     """A body whose update is too large for the event loop: JSON over 16 KiB, or a binary
-    body with more than 2**20 float64 gradient entries."""
+    body with more than 2**21 float64 entries."""
     if body_format == "json":
         n = 2000
         large = example | {"weights": [0.0] * n, "log_prob_grads": [[1.0] * n, [1.0] * n]}
         return orjson.dumps(large), {"content-type": "application/json"}, n
-    n = 2**19 + 1
+    n = 2**20 + 1
     tensors = {name: np.asarray(value, dtype=np.float64) for name, value in example.items()} | {
         "weights": np.zeros(n),
         "log_prob_grads": np.ones((2, n)),
@@ -53,7 +53,7 @@ def test_small_request_is_answered_while_a_large_one_computes(
     body, headers, n = _large_request(body_format, example)
 
     async def scenario() -> None:
-        transport = httpx2.ASGITransport(app=create_app(Settings(max_body_size=2**24)))
+        transport = httpx2.ASGITransport(app=create_app(Settings(max_body_size=2**25)))
         async with httpx2.AsyncClient(transport=transport, base_url="http://test") as client:
             large_task = asyncio.create_task(client.post("/update", content=body, headers=headers))
             for _ in range(500):
