@@ -59,16 +59,17 @@ class JsonLineFormatter(OrjsonFormatter):
     directly.
 
     Its lines are `OrjsonFormatter`'s, character for character, once each character beyond
-    ASCII is escaped (``\\u00e9``; a surrogate pair beyond U+FFFF); `format_fields` writes
-    the same line from a mapping of fields, without a record.
+    ASCII is escaped (``\\u00e9``; a surrogate pair beyond U+FFFF), and a line orjson
+    cannot write (an integer beyond 64 bits) is the standard library's, compact;
+    `format_fields` writes the same line from a mapping of fields, without a record.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._second = -1
+        self._second_text = ""
         # The kind of each set of field names met so far: a caller logs the same few.
         self._field_kinds: dict[tuple[str, ...], _Fields] = {}
-        self._second_text = ""
 
     def format(self, record: logging.LogRecord) -> str:
         # BaseJsonFormatter.format and add_fields, for the usual record: a message that is not
