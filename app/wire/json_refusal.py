@@ -520,10 +520,9 @@ def _row_problem(
     rows: msgspec.Raw | memoryview | bytes, index: int, row: msgspec.Raw, first: int
 ) -> InputProblem | None:
     """The problem of row `index` of `rows` (the matrix's rows from the `first`), if any."""
-    if len(row) > TYPED_PIECE_BYTES:
-        in_pieces = _size_in_pieces(ROW_DECODER, row, MATRIX, (first + index,))
-        if in_pieces is not None:
-            return in_pieces if isinstance(in_pieces, InputProblem) else None
+    in_pieces = _size_in_pieces(ROW_DECODER, row, MATRIX, (first + index,))
+    if in_pieces is not None:
+        return in_pieces if isinstance(in_pieces, InputProblem) else None
     try:
         ROW_DECODER.decode(row)
     except msgspec.ValidationError as exc:
